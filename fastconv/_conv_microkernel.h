@@ -1,0 +1,44 @@
+/* The register-blocked GEMM micro-kernel under conv2d.
+ *
+ *   C[i][j] = init[i][j] + sum_r A[r][i] * B[r][j]     0 <= i < FC_MR, 0 <= j < FC_NR
+ *
+ * A is a packed weight panel (FC_MR output channels per reduction step r), B a gathered
+ * input panel with output *pixels* along j, so a row of C is a contiguous run of one NCHW
+ * output plane. All FC_MR x FC_NV accumulators stay in vector registers; each step loads
+ * FC_NV vectors of B and broadcasts FC_MR weights. The reduction runs over r in order, so a
+ * result does not depend on how the caller splits work across threads.
+ */
+#ifndef FASTCONV_CONV_MICROKERNEL_H
+#define FASTCONV_CONV_MICROKERNEL_H
+
+#include <Python.h> /* Py_ssize_t */
+#include "_simd.h"
+
+/* Tile shape: FC_MR rows (output channels) x FC_NV vectors (pixels); sized so that the
+ * accumulators plus FC_NV loads and one broadcast fit the register file. */
+#define FC_NV 2
+#if FC_VEC_BYTES == 64
+#define FC_MR 12 /* 24 accumulators of 32 zmm */
+#else
+#define FC_MR 6  /* 12 accumulators of 16 ymm/xmm */
+#endif
+#define FC_NR_F32 (FC_NV * FC_LANES_F32)
+#define FC_NR_F64 (FC_NV * FC_LANES_F64)
+
+#define FC_T float
+#define FC_V fc_vf32
+#define FC_VU fc_vf32_u
+#define FC_VI fc_vi32
+#define FC_LANES FC_LANES_F32
+#define FC_NAME(stem) stem##_f32
+#include "_conv_microkernel_impl.h"
+
+#define FC_T double
+#define FC_V fc_vf64
+#define FC_VU fc_vf64_u
+#define FC_VI fc_vi64
+#define FC_LANES FC_LANES_F64
+#define FC_NAME(stem) stem##_f64
+#include "_conv_microkernel_impl.h"
+
+#endif

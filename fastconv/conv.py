@@ -1,0 +1,490 @@
+"""2-D convolution (cross-correlation, as CNN libraries define it) over NumPy arrays.
+
+The public functions validate and normalise their arguments, resolve padding into index maps,
+pack the weights for the micro-kernel and hand trusted arrays to the compiled kernel
+(``_conv_<isa>.pyx``, chosen at import for this CPU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validation as v
+from ._config import load_kernels
+
+__all__ = ["conv2d", "correlate2d", "convolve2d", "output_size"]
+
+_kernels = load_kernels("conv")
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+ACTIVATIONS = (None, "relu")
+CORRELATE_MODES = ("valid", "same", "full")
+# Any larger padding, stride or dilation is a mistake; it would also overflow index maps.
+_MAX_GEOMETRY = 2**31
+# Reduction rows gathered per panel: panel (rows x pixel block) stays in L2, and the slice the
+# micro-kernel streams (rows x NR) in L1.
+_REDUCTION_BLOCK = 256
+_PIXEL_BLOCK_TILES = 4
+_MIN_TASKS = 8
+
+
+class _PackedWeights:
+    """Weights (and bias) with their micro-kernel packing cached per dtype.
+
+    Build it with :func:`_prepack_weights`; ``conv2d`` accepts it in place of ``weight``.
+    """
+
+    __slots__ = ("weight", "bias", "groups", "_packed")
+
+    def __init__(self, weight, bias, groups):
+        self.weight = weight
+        self.bias = bias
+        self.groups = groups
+        self._packed = {}
+
+    def packed(self, dtype):
+        """``(packed_weight (G, FB, R, MR), packed_bias (G, FB*MR))`` in ``dtype``."""
+        if dtype not in self._packed:
+            self._packed[dtype] = _pack(self.weight, self.bias, self.groups, dtype)
+        return self._packed[dtype]
+
+
+def _prepack_weights(weight, bias=None, groups=1):
+    """Validate ``weight``/``bias``/``groups`` once and return reusable packed weights.
+
+    The arrays are copied, so later changes to the caller's arrays do not leak in.
+    """
+    weight = v.as_array(weight, "weight")
+    if weight.ndim != 4:
+        raise ValueError(f"weight must be 4-D (F, C // groups, KH, KW), got shape {weight.shape}")
+    groups = _check_groups(groups, weight.shape[0], "weight.shape[0] (filters)")
+    arrays = [(weight, "weight")]
+    if bias is not None:
+        bias = _check_bias(bias, weight.shape[0])
+        arrays.append((bias, "bias"))
+    v.compute_dtype(*arrays)  # dtype errors now rather than at the first call
+    weight = np.array(weight, copy=True)
+    weight.flags.writeable = False
+    if bias is not None:
+        bias = np.array(bias, copy=True)
+        bias.flags.writeable = False
+    return _PackedWeights(weight, bias, groups)
+
+
+def _pack(weight, bias, groups, dtype):
+    mr = _kernels.MR
+    n_filters, in_per_group, kh, kw = weight.shape
+    per_group = n_filters // groups
+    fblocks = -(-per_group // mr)
+    depth = in_per_group * kh * kw
+    padded = np.zeros((groups, fblocks * mr, depth), dtype)
+    padded[:, :per_group] = weight.reshape(groups, per_group, depth)
+    packed = np.ascontiguousarray(padded.reshape(groups, fblocks, mr, depth).transpose(0, 1, 3, 2))
+    packed_bias = np.zeros((groups, fblocks * mr), dtype)
+    if bias is not None:
+        packed_bias[:, :per_group] = bias.reshape(groups, per_group)
+    return packed, packed_bias
+
+
+def _check_groups(groups, n_filters, filters_name):
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"groups must be an int >= 1, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if n_filters % groups:
+        raise ValueError(f"{filters_name} = {n_filters} is not divisible by groups = {groups}")
+    return int(groups)
+
+
+def _check_bias(bias, n_filters):
+    bias = v.as_array(bias, "bias")
+    if bias.shape != (n_filters,):
+        raise ValueError(f"bias must have shape ({n_filters},) (one value per filter), "
+                         f"got shape {bias.shape}")
+    return bias
+
+
+def _resolve_padding(padding, in_size, extent, stride):
+    """Padding as ``(top, bottom, left, right)`` from every accepted form."""
+    if isinstance(padding, str):
+        padding = v.check_choice(padding, "padding", ("valid", "same"))
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        pads = []
+        for size, ext, step in zip(in_size, extent, stride):
+            total = max((-(-size // step) - 1) * step + ext - size, 0)
+            pads += [total // 2, total - total // 2]  # odd pixel at the bottom/right
+        return tuple(pads)
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        values = tuple(padding)
+    elif isinstance(padding, (tuple, list)) and len(padding) != 2:
+        raise ValueError("padding must be an int, (ph, pw), (top, bottom, left, right), "
+                         f"'valid' or 'same'; got {len(padding)} values: {tuple(padding)!r}")
+    else:
+        ph, pw = v.int_pair(padding, "padding", 0)
+        values = (ph, ph, pw, pw)
+    for value in values:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"padding values must be ints, got {padding!r}")
+        if value < 0:
+            raise ValueError(f"padding must be >= 0, got {padding!r}")
+        if value > _MAX_GEOMETRY:
+            raise ValueError(f"padding {padding!r} is absurdly large (> 2**31)")
+    return tuple(int(value) for value in values)
+
+
+def _source_index(positions, size, mode):
+    """Map padded-input positions (relative to the unpadded input) to input indices, -1 = zero."""
+    if mode == "zeros":
+        return np.where((positions >= 0) & (positions < size), positions, -1)
+    if mode == "replicate":
+        return np.clip(positions, 0, size - 1)
+    if mode == "circular":
+        return np.mod(positions, size)
+    # reflect (mirror without repeating the edge); the caller guarantees padding < size.
+    positions = np.abs(positions)
+    return np.where(positions >= size, 2 * (size - 1) - positions, positions)
+
+
+def _index_map(out_size, kernel, stride, dilation, pad_before, size, mode):
+    """(out_size * kernel,) input index of output position o and tap k, -1 for a zero."""
+    positions = (np.arange(out_size, dtype=np.intp)[:, None] * stride
+                 + np.arange(kernel, dtype=np.intp)[None, :] * dilation - pad_before)
+    return np.ascontiguousarray(_source_index(positions, size, mode).ravel(), dtype=np.intp)
+
+
+def _check_mode_padding(padding_mode, pads, height, width):
+    top, bottom, left, right = pads
+    for name, pad, size in (("top", top, height), ("bottom", bottom, height),
+                            ("left", left, width), ("right", right, width)):
+        if padding_mode == "reflect" and pad >= size and pad > 0:
+            raise ValueError(f"padding_mode='reflect' needs padding < input size: {name} padding "
+                             f"{pad} with input size {size}")
+        if padding_mode in ("replicate", "circular") and pad > 0 and size == 0:
+            raise ValueError(f"padding_mode={padding_mode!r} cannot pad an empty input "
+                             f"({name} padding {pad})")
+        if padding_mode == "circular" and pad > size:
+            raise ValueError(f"padding_mode='circular' needs padding <= input size: {name} "
+                             f"padding {pad} with input size {size}")
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           padding_mode="zeros", layout="NCHW", activation=None, out=None, num_threads=None):
+    """2-D convolution of a batch of images with a bank of filters (CNN convention).
+
+    Computes ``out[n, f, i, j] = bias[f] + sum_{c, m, k} x[n, g*C/G + c, i*sh + m*dh - top,
+    j*sw + k*dw - left] * weight[f, c, m, k]`` (cross-correlation; the kernel is not flipped),
+    with ``g`` the group of filter ``f``, like ``torch.nn.functional.conv2d``.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``
+        The input batch. A 3-D array is one unbatched image and gives a 3-D result.
+    weight : array_like of shape (F, C // groups, KH, KW)
+        The filters, in this shape for both layouts.
+    bias : array_like of shape (F,), optional
+        Added to each feature map.
+    stride, dilation : int or (int, int), default 1
+        Step between output positions and between kernel taps, each >= 1.
+    padding : int, (ph, pw), (top, bottom, left, right), "valid" or "same", default 0
+        "same" gives ``ceil(H / stride)`` outputs per axis; an odd total padding puts the extra
+        pixel at the bottom/right (TensorFlow/ONNX ``SAME_UPPER``).
+    groups : int, default 1
+        C and F must be divisible by ``groups``; ``groups == C`` is a depthwise convolution.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, default "zeros"
+        What the padding holds, with ``torch.nn.Conv2d``'s meanings.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Layout of ``x``; the result has the same layout.
+    activation : {None, "relu"}, default None
+        Applied after the bias, inside the kernel.
+    out : ndarray, optional
+        C-contiguous array of exactly the result's shape and dtype, filled and returned.
+    num_threads : int, optional
+        Threads for this call; None means the OpenMP default (``OMP_NUM_THREADS``,
+        threadpoolctl). Results are bit-identical for every thread count.
+
+    Returns
+    -------
+    ndarray of shape (N, F, OH, OW) (or (N, OH, OW, F) for NHWC)
+        ``OH = floor((H + top + bottom - dh * (KH - 1) - 1) / sh) + 1``, likewise ``OW``.
+        float32 and float64 inputs keep their dtype; mixed dtypes follow ``np.result_type``;
+        float16 computes in float32; integers and bools compute in float64.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(1, 17, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.array([[[[1, 1], [-1, -1]]], [[[0, 1], [1, 0]]]], dtype=np.float32)
+    >>> fastconv.conv2d(x, w)[0, 1]
+    array([[ 7.,  9., 11.],
+           [15., 17., 19.],
+           [23., 25., 27.]], dtype=float32)
+    """
+    layout = v.check_layout(layout)
+    x = v.as_array(x, "x")
+    if x.ndim not in (3, 4):
+        dims = "(C, H, W) or (N, C, H, W)" if layout == "NCHW" else "(H, W, C) or (N, H, W, C)"
+        raise ValueError(f"x must be 3-D or 4-D {dims} for layout={layout!r}, got shape {x.shape}")
+    if isinstance(weight, _PackedWeights):
+        if bias is not None:
+            raise ValueError("bias must be None when weight is prepacked (it carries its bias)")
+        if groups not in (1, weight.groups):
+            raise ValueError(f"groups = {groups} differs from the prepacked weight's "
+                             f"groups = {weight.groups}")
+        packed_weights = weight
+        weight, bias, groups = weight.weight, weight.bias, weight.groups
+    else:
+        packed_weights = None
+        weight = v.as_array(weight, "weight")
+        if weight.ndim != 4:
+            raise ValueError(f"weight must be 4-D (F, C // groups, KH, KW), got shape "
+                             f"{weight.shape}")
+        groups = _check_groups(groups, weight.shape[0], "weight.shape[0] (filters)")
+        if bias is not None:
+            bias = _check_bias(bias, weight.shape[0])
+    arrays = [(x, "x"), (weight, "weight")] + ([(bias, "bias")] if bias is not None else [])
+    dtype = v.compute_dtype(*arrays)
+
+    unbatched = x.ndim == 3
+    x4 = x[None] if unbatched else x
+    x_nchw = x4 if layout == "NCHW" else x4.transpose(0, 3, 1, 2)
+    n_images, channels, height, width = x_nchw.shape
+    n_filters, in_per_group, kh, kw = weight.shape
+    if channels % groups:
+        raise ValueError(f"input channels C = {channels} are not divisible by groups = {groups}")
+    if in_per_group * groups != channels:
+        raise ValueError(f"weight expects {in_per_group * groups} input channels "
+                         f"(weight.shape[1] = {in_per_group} x groups = {groups}) but x has "
+                         f"C = {channels} (x.shape = {x.shape}, layout={layout!r})")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"kernel must be at least 1x1, got weight shape {weight.shape}")
+    sh, sw = v.int_pair(stride, "stride", 1)
+    dh, dw = v.int_pair(dilation, "dilation", 1)
+    if max(sh, sw, dh, dw) > _MAX_GEOMETRY:
+        raise ValueError(f"stride {stride!r} or dilation {dilation!r} is absurdly large (> 2**31)")
+    padding_mode = v.check_choice(padding_mode, "padding_mode", PADDING_MODES)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or 'relu'; got {activation!r}")
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    pads = _resolve_padding(padding, (height, width), (ext_h, ext_w), (sh, sw))
+    top, bottom, left, right = pads
+    if padding_mode != "zeros":
+        _check_mode_padding(padding_mode, pads, height, width)
+    padded_h, padded_w = height + top + bottom, width + left + right
+    if padded_h < ext_h or padded_w < ext_w:
+        raise ValueError(f"Calculated padded input size per channel: ({padded_h} x {padded_w}). "
+                         f"Kernel size (dilated): ({ext_h} x {ext_w}). Kernel size can't be "
+                         f"greater than the padded input size (x.shape = {x.shape}, "
+                         f"padding = {padding!r}, dilation = {dilation!r})")
+    out_h = (padded_h - ext_h) // sh + 1
+    out_w = (padded_w - ext_w) // sw + 1
+    shape = ((n_filters, out_h, out_w) if layout == "NCHW" else (out_h, out_w, n_filters))
+    shape = shape if unbatched else (n_images,) + shape
+    v.check_output_size(shape, "conv2d output")
+    threads = v.resolve_num_threads(num_threads)
+    if out is None:
+        out = np.empty(shape, dtype)
+    else:
+        v.check_out(out, shape, dtype, arrays)
+    if out.size == 0:
+        return out
+
+    depth = in_per_group * kh * kw
+    out3 = out.reshape((n_images, n_filters, out_h * out_w) if layout == "NCHW"
+                       else (n_images, out_h * out_w, n_filters))
+    if depth == 0:  # no input channels: the bias alone
+        fill = np.zeros(n_filters, dtype) if bias is None else bias.astype(dtype)
+        out3[...] = fill[:, None] if layout == "NCHW" else fill
+        if activation == "relu":
+            np.maximum(out3, 0, out=out3, where=~np.isnan(out3))
+        return out
+    if packed_weights is None:
+        packed_w, packed_b = _pack(weight, bias, groups, dtype)
+    else:
+        packed_w, packed_b = packed_weights.packed(dtype)
+
+    x_kernel = v.as_kernel_input(x_nchw, dtype)
+    if any(s % dtype.itemsize for s in x_kernel.strides) or not x_kernel.flags.aligned:
+        x_kernel = np.ascontiguousarray(x_kernel)
+    row_src = _index_map(out_h, kh, sh, dh, top, height, padding_mode)
+    col_src = _index_map(out_w, kw, sw, dw, left, width, padding_mode)
+
+    nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
+    out_pixels = out_h * out_w
+    pixel_block = min(-(-out_pixels // nr), _PIXEL_BLOCK_TILES) * nr
+    pixel_blocks = -(-out_pixels // pixel_block)
+    fblocks = packed_w.shape[1]
+    coarse_tasks = n_images * groups * pixel_blocks
+    fchunks = min(fblocks, -(-_MIN_TASKS // coarse_tasks))
+    fblocks_per_task = -(-fblocks // fchunks)
+    reduction_block = depth if depth <= _REDUCTION_BLOCK else -(-depth // -(-depth // _REDUCTION_BLOCK))
+
+    _kernels.conv2d_forward(
+        x_kernel, packed_w, packed_b, row_src, col_src, out3,
+        kh, kw, out_w, n_filters // groups,
+        pixel_block, reduction_block, fblocks_per_task,
+        layout == "NHWC", activation == "relu", threads,
+    )
+    return out
+
+
+def _check_image_and_kernel(image, kernel):
+    image = v.as_array(image, "image")
+    kernel = v.as_array(kernel, "kernel")
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {image.shape}")
+    if kernel.ndim != 2:
+        raise ValueError(f"kernel must be 2-D, got shape {kernel.shape}")
+    dtype = v.compute_dtype((image, "image"), (kernel, "kernel"))
+    return image, kernel, dtype
+
+
+def _correlate_padded(image, kernel, mode, same_start):
+    """Correlation of 2-D arrays for ``mode``; ``same_start`` (per axis) is the offset of the
+    'same' window inside the 'full' result, which differs between scipy's correlate/convolve."""
+    kh, kw = kernel.shape
+    if mode == "valid":
+        padding = 0
+    elif mode == "full":
+        padding = (kh - 1, kh - 1, kw - 1, kw - 1)
+    else:
+        padding = (kh - 1 - same_start[0], same_start[0], kw - 1 - same_start[1], same_start[1])
+    if image.size == 0 or kernel.size == 0:
+        raise ValueError(f"image and kernel must not be empty, got shapes {image.shape} and "
+                         f"{kernel.shape}")
+    return conv2d(image[None, None], kernel[None, None], padding=padding)[0, 0]
+
+
+def _valid_swap_needed(mode, image, kernel):
+    """scipy's rule: in 'valid' mode the larger array plays the image."""
+    if mode != "valid":
+        return False
+    image_larger = all(i >= k for i, k in zip(image.shape, kernel.shape))
+    kernel_larger = all(k >= i for i, k in zip(image.shape, kernel.shape))
+    if not (image_larger or kernel_larger):
+        raise ValueError("For 'valid' mode, one of image and kernel must be at least as large as "
+                         f"the other in every dimension; got {image.shape} and {kernel.shape}")
+    return not image_larger
+
+
+def correlate2d(image, kernel, mode="valid"):
+    """Cross-correlate a 2-D image with a 2-D kernel, like ``scipy.signal.correlate2d``.
+
+    ``out[i, j] = sum_{m, k} image[i + m, j + k] * kernel[m, k]`` — what CNN libraries call
+    convolution (the kernel is not flipped).
+
+    Parameters
+    ----------
+    image : array_like of shape (H, W)
+    kernel : array_like of shape (KH, KW)
+    mode : {"valid", "same", "full"}, default "valid"
+        scipy.signal's output sizes: (H-KH+1, W-KW+1), (H, W), (H+KH-1, W+KW-1). In "valid"
+        mode a kernel larger than the image in every dimension swaps their roles, as scipy does.
+
+    Returns
+    -------
+    ndarray of shape given by ``mode``, float32 or float64 by the dtype rules of ``conv2d``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> image = np.arange(1, 17, dtype=np.float64).reshape(4, 4)
+    >>> fastconv.correlate2d(image, [[0, 1], [1, 0]])
+    array([[ 7.,  9., 11.],
+           [15., 17., 19.],
+           [23., 25., 27.]])
+    """
+    mode = v.check_choice(mode, "mode", CORRELATE_MODES)
+    image, kernel, _ = _check_image_and_kernel(image, kernel)
+    if _valid_swap_needed(mode, image, kernel):
+        return np.ascontiguousarray(
+            _correlate_padded(kernel, image, mode, (0, 0))[::-1, ::-1])
+    return _correlate_padded(image, kernel, mode, (kernel.shape[0] // 2, kernel.shape[1] // 2))
+
+
+def convolve2d(image, kernel, mode="valid"):
+    """True 2-D convolution (kernel flipped), like ``scipy.signal.convolve2d``.
+
+    ``out[i, j] = sum_{m, k} image[i - m, j - k] * kernel[m, k]``. On the seed's 4x4 image with
+    ``[[1, 1], [-1, -1]]`` this gives +8 where :func:`correlate2d` gives -8.
+
+    Parameters
+    ----------
+    image : array_like of shape (H, W)
+    kernel : array_like of shape (KH, KW)
+    mode : {"valid", "same", "full"}, default "valid"
+        As in :func:`correlate2d`.
+
+    Returns
+    -------
+    ndarray of shape given by ``mode``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> image = np.arange(1, 17, dtype=np.float64).reshape(4, 4)
+    >>> fastconv.convolve2d(image, [[1, 1], [-1, -1]])
+    array([[8., 8., 8.],
+           [8., 8., 8.],
+           [8., 8., 8.]])
+    """
+    mode = v.check_choice(mode, "mode", CORRELATE_MODES)
+    image, kernel, _ = _check_image_and_kernel(image, kernel)
+    if _valid_swap_needed(mode, image, kernel):
+        image, kernel = kernel, image
+    flipped = kernel[::-1, ::-1]
+    return _correlate_padded(image, flipped, mode, ((kernel.shape[0] - 1) // 2,
+                                                    (kernel.shape[1] - 1) // 2))
+
+
+def output_size(size, kernel_size, stride=1, padding=0, dilation=1, ceil_mode=False):
+    """Output length of a convolution or pooling window along one or more axes.
+
+    ``floor((size + 2 * padding - dilation * (kernel_size - 1) - 1) / stride) + 1``; with
+    ``ceil_mode`` the division rounds up, but (as in PyTorch's pooling) a last window that
+    would start inside the right/bottom padding is dropped.
+
+    Parameters
+    ----------
+    size, kernel_size, stride, padding, dilation : int or tuple of ints
+        Per-axis values; tuples must all have the same length, ints broadcast.
+    ceil_mode : bool, default False
+
+    Returns
+    -------
+    int, or tuple of ints when any argument is a tuple.
+
+    Examples
+    --------
+    >>> import fastconv
+    >>> fastconv.output_size(224, 3, padding=1)
+    224
+    >>> fastconv.output_size((5, 6), 2, stride=2, ceil_mode=True)
+    (3, 3)
+    """
+    args = {"size": size, "kernel_size": kernel_size, "stride": stride, "padding": padding,
+            "dilation": dilation}
+    lengths = {len(a) for a in args.values() if isinstance(a, (tuple, list))}
+    if len(lengths) > 1:
+        raise ValueError(f"tuple arguments must have the same length, got {args}")
+    axes = lengths.pop() if lengths else None
+    columns = {}
+    for name, value in args.items():
+        values = value if isinstance(value, (tuple, list)) else [value] * (axes or 1)
+        for item in values:
+            if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
+                raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}")
+        minimum = 0 if name in ("size", "padding") else 1
+        if any(item < minimum for item in values):
+            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        columns[name] = [int(item) for item in values]
+    results = []
+    for n, k, s, p, d in zip(*columns.values()):
+        span = n + 2 * p - d * (k - 1) - 1
+        if span < 0:
+            raise ValueError(f"kernel extent {d * (k - 1) + 1} exceeds padded size {n + 2 * p}")
+        length = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (length - 1) * s >= n + p:
+            length -= 1
+        results.append(length)
+    return tuple(results) if axes is not None else results[0]
