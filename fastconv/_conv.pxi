@@ -47,14 +47,18 @@ cdef void _gather_panel(
     Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t sw,   # element strides of x (channel, row, col)
     const Py_ssize_t *row_src,    # IN  (OH*KH,) input row of (oh, kh), -1 = padding zero
     const Py_ssize_t *col_src,    # IN  (OW*KW,) input col of (ow, kw), -1 = padding zero
-    Py_ssize_t kh_count, Py_ssize_t kw_count, Py_ssize_t out_w,
+    const Py_ssize_t *col_inner,  # IN  (KW, 3) per kw: [first, end) of the ow whose input
+                                  #     col is ow * stride + offset, and that offset
+    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count, Py_ssize_t out_w,
     Py_ssize_t r0, Py_ssize_t r_len,   # reduction rows r0 .. r0+r_len of r = (c, kh, kw)
     Py_ssize_t p0, Py_ssize_t p_len, Py_ssize_t p_pad,  # pixels p0 .. p0+p_len, row length p_pad
     floating *panel,              # OUT (r_len, p_pad) gathered taps, zero past p_len
 ) noexcept nogil:
-    cdef Py_ssize_t rr, r, c, kk, kh, kw, j, seg, k, oh, ow, src_row, src_col
+    cdef Py_ssize_t rr, r, c, kk, kh, kw, j, seg, k, oh, ow, src_row, src_col, lo, hi
     cdef Py_ssize_t taps = kh_count * kw_count
+    cdef Py_ssize_t step = stride_w * sw
     cdef const floating *x_row
+    cdef const floating *src
     cdef floating *dst
     for rr in range(r_len):
         r = r0 + rr
@@ -75,9 +79,22 @@ cdef void _gather_panel(
                 memset(dst + j, 0, seg * sizeof(floating))
             else:
                 x_row = x + c * sc + src_row * sh
-                for k in range(seg):
-                    src_col = col_src[(ow + k) * kw_count + kw]
-                    dst[j + k] = x_row[src_col * sw] if src_col >= 0 else 0
+                # Interior columns map linearly (a copy); only the borders need the index map.
+                lo = max(ow, min(col_inner[3 * kw], ow + seg))
+                hi = max(lo, min(col_inner[3 * kw + 1], ow + seg))
+                for k in range(ow, lo):
+                    src_col = col_src[k * kw_count + kw]
+                    dst[j + k - ow] = x_row[src_col * sw] if src_col >= 0 else 0
+                src = x_row + (lo * stride_w + col_inner[3 * kw + 2]) * sw
+                if step == 1:  # a loop, not memcpy: runs are short (one output row)
+                    for k in range(hi - lo):
+                        dst[j + lo - ow + k] = src[k]
+                else:
+                    for k in range(hi - lo):
+                        dst[j + lo - ow + k] = src[k * step]
+                for k in range(hi, ow + seg):
+                    src_col = col_src[k * kw_count + kw]
+                    dst[j + k - ow] = x_row[src_col * sw] if src_col >= 0 else 0
             j += seg
             oh += 1
             ow = 0
@@ -91,8 +108,9 @@ def conv2d_forward(
     const floating[:, ::1] packed_bias not None,  # IN  (G, FB*MR) bias, zero-padded
     const Py_ssize_t[::1] row_src not None,       # IN  (OH*KH,) input row per (oh, kh) or -1
     const Py_ssize_t[::1] col_src not None,       # IN  (OW*KW,) input col per (ow, kw) or -1
+    const Py_ssize_t[:, ::1] col_inner not None,  # IN  (KW, 3) linear interior of col_src
     floating[:, :, ::1] out not None,             # OUT (N, F, OH*OW) or (N, OH*OW, F) if NHWC
-    Py_ssize_t kh_count, Py_ssize_t kw_count, Py_ssize_t out_w,
+    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count, Py_ssize_t out_w,
     Py_ssize_t filters_per_group,
     Py_ssize_t pixel_block, Py_ssize_t reduction_block, Py_ssize_t fblocks_per_task,
     bint channels_last, bint relu, int num_threads,
@@ -156,7 +174,8 @@ def conv2d_forward(
                 r_len = min(reduction_block, depth - r0)
                 last = r0 + r_len == depth
                 _gather_panel(x_data + n * sn + g * in_per_group * sc, sc, sh, sw,
-                              &row_src[0], &col_src[0], kh_count, kw_count, out_w,
+                              &row_src[0], &col_src[0], &col_inner[0, 0], stride_w,
+                              kh_count, kw_count, out_w,
                               r0, r_len, p0, p_len, p_pad, panel)
                 j0 = 0
                 while j0 < p_len:

@@ -153,6 +153,18 @@ def _index_map(out_size, kernel, stride, dilation, pad_before, size, mode):
     return np.ascontiguousarray(_source_index(positions, size, mode).ravel(), dtype=np.intp)
 
 
+def _linear_interior(out_size, kernel, stride, dilation, pad_before, size):
+    """(kernel, 3): per tap k, the outputs [first, end) whose input index is the plain
+    ``o * stride + offset`` inside the input, and that offset; the kernel copies them directly."""
+    table = np.empty((kernel, 3), dtype=np.intp)
+    for k in range(kernel):
+        offset = k * dilation - pad_before
+        first = min(max(-(-(-offset) // stride), 0), out_size)
+        end = min(max((size - 1 - offset) // stride + 1, first), out_size)
+        table[k] = first, end, offset
+    return table
+
+
 def _check_mode_padding(padding_mode, pads, height, width):
     top, bottom, left, right = pads
     for name, pad, size in (("top", top, height), ("bottom", bottom, height),
@@ -308,10 +320,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
         x_kernel = np.ascontiguousarray(x_kernel)
     row_src = _index_map(out_h, kh, sh, dh, top, height, padding_mode)
     col_src = _index_map(out_w, kw, sw, dw, left, width, padding_mode)
+    col_inner = _linear_interior(out_w, kw, sw, dw, left, width)
 
     nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
     out_pixels = out_h * out_w
-    pixel_block = min(-(-out_pixels // nr), _PIXEL_BLOCK_TILES) * nr
+    # Task shape from the problem shape only (never the thread count, so bits don't change):
+    # enough tasks to balance, split over pixels first (no repeated gathers), then channels.
+    tiles = -(-out_pixels // nr)
+    tiles_per_block = max(1, min(_PIXEL_BLOCK_TILES, tiles * n_images * groups // _MIN_TASKS))
+    pixel_block = tiles_per_block * nr
     pixel_blocks = -(-out_pixels // pixel_block)
     fblocks = packed_w.shape[1]
     coarse_tasks = n_images * groups * pixel_blocks
@@ -320,8 +337,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     reduction_block = depth if depth <= _REDUCTION_BLOCK else -(-depth // -(-depth // _REDUCTION_BLOCK))
 
     _kernels.conv2d_forward(
-        x_kernel, packed_w, packed_b, row_src, col_src, out3,
-        kh, kw, out_w, n_filters // groups,
+        x_kernel, packed_w, packed_b, row_src, col_src, col_inner, out3,
+        sw, kh, kw, out_w, n_filters // groups,
         pixel_block, reduction_block, fblocks_per_task,
         layout == "NHWC", activation == "relu", threads,
     )
