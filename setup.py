@@ -108,6 +108,8 @@ def _extensions():
         extensions.append(Extension(
             f"fastconv.{stem}",
             [pyx],
+            # depends also puts these in the sdist (sources become the generated .c files)
+            depends=[pyx] + sorted(glob("fastconv/*.h") + glob("fastconv/*.pxi")),
             include_dirs=[np.get_include(), "fastconv"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=flags,
