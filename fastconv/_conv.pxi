@@ -1,16 +1,19 @@
 # Convolution kernels, compiled once per ISA level by the thin _conv_<level>.pyx files.
 #
-# conv2d is computed as a blocked GEMM per image without a full im2col: each task owns a
-# block of output pixels x a chunk of output channels; it gathers the input taps of its pixel
-# block into a thread-local panel B[r][j] (r = (c, kh, kw), j = pixel), one reduction block
-# at a time, and runs the register-blocked micro-kernel (_conv_microkernel.h) over it. Padding
-# of every mode, stride and dilation are resolved in the gather through index maps, so the
-# micro-kernel never branches. Each output element is written by one task and reduced in a
-# fixed order, so results are bit-identical for any thread count.
+# conv2d runs as an implicit GEMM without im2col. A task owns a band of output rows of one
+# image and a chunk of filters. For each chunk of input channels it copies the input rows its
+# band needs into a thread-local *slab*, one row per (channel, kh, output row), padded
+# (every padding mode), and with columns split by stride phase. In that slab the taps of
+# (c, kh, kw) for consecutive output pixels are consecutive, so the micro-kernel
+# (_conv_microkernel.h) reads each reduction row r = (c, kh, kw) as a plain window at a fixed
+# offset. Output pixels are numbered over a row pitch a little wider than the output row;
+# the extra "junk" columns are computed and dropped when the staged tile is copied out.
+# Each output element is written by one task and reduced in a fixed order, so results are
+# bit-identical for any thread count.
 
 from cython.parallel cimport parallel, prange, threadid
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
 from cython cimport floating
 
@@ -21,10 +24,14 @@ cdef extern from "_conv_microkernel.h" nogil:
         FC_NR_F32
         FC_NR_F64
     const char *FC_ISA_NAME
-    void fc_microkernel_f32(Py_ssize_t depth, const float *a, const float *b, Py_ssize_t ldb,
-                            float *c, Py_ssize_t ldc, const float *bias, int relu)
-    void fc_microkernel_f64(Py_ssize_t depth, const double *a, const double *b, Py_ssize_t ldb,
-                            double *c, Py_ssize_t ldc, const double *bias, int relu)
+    void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
+    void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
+    void fc_microkernel_f32(Py_ssize_t depth, const float *a, const float *b,
+                            const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
+                            const float *bias, int relu)
+    void fc_microkernel_f64(Py_ssize_t depth, const double *a, const double *b,
+                            const Py_ssize_t *b_offset, double *c, Py_ssize_t ldc,
+                            const double *bias, int relu)
 
 
 ISA = FC_ISA_NAME.decode()
@@ -34,72 +41,63 @@ NR_FLOAT64 = FC_NR_F64    # output pixels per tile, float64
 
 
 cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floating *b,
-                              Py_ssize_t ldb, floating *c, Py_ssize_t ldc,
+                              const Py_ssize_t *b_offset, floating *c, Py_ssize_t ldc,
                               const floating *bias, bint relu) noexcept nogil:
     if floating is float:
-        fc_microkernel_f32(depth, a, b, ldb, c, ldc, bias, relu)
+        fc_microkernel_f32(depth, a, b, b_offset, c, ldc, bias, relu)
     else:
-        fc_microkernel_f64(depth, a, b, ldb, c, ldc, bias, relu)
+        fc_microkernel_f64(depth, a, b, b_offset, c, ldc, bias, relu)
 
 
-cdef void _gather_panel(
-    const floating *x,            # IN  input image n, channel 0 of the group; strides below
+cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fc_copy_f32(dst, src, n)
+    else:
+        fc_copy_f64(dst, src, n)
+
+
+cdef void _fill_slab(
+    const floating *x,            # IN  input image n, first channel of the chunk
     Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t sw,   # element strides of x (channel, row, col)
+    Py_ssize_t channels,          # channels in this chunk
     const Py_ssize_t *row_src,    # IN  (OH*KH,) input row of (oh, kh), -1 = padding zero
-    const Py_ssize_t *col_src,    # IN  (OW*KW,) input col of (ow, kw), -1 = padding zero
-    const Py_ssize_t *col_inner,  # IN  (KW, 3) per kw: [first, end) of the ow whose input
-                                  #     col is ow * stride + offset, and that offset
-    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count, Py_ssize_t out_w,
-    Py_ssize_t r0, Py_ssize_t r_len,   # reduction rows r0 .. r0+r_len of r = (c, kh, kw)
-    Py_ssize_t p0, Py_ssize_t p_len, Py_ssize_t p_pad,  # pixels p0 .. p0+p_len, row length p_pad
-    floating *panel,              # OUT (r_len, p_pad) gathered taps, zero past p_len
+    const Py_ssize_t *col_src,    # IN  (P, Wq) input col of slab column (phase, q), -1 = zero
+    const Py_ssize_t *col_inner,  # IN  (P, 3) per phase: [first, end) of the q whose input
+                                  #     col is q * stride + offset, and that offset
+    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t phases, Py_ssize_t pitch,
+    Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t rows_per_task,
+    floating *slab,               # OUT (channels, KH, P, rows_per_task, pitch)
 ) noexcept nogil:
-    cdef Py_ssize_t rr, r, c, kk, kh, kw, j, seg, k, oh, ow, src_row, src_col, lo, hi
-    cdef Py_ssize_t taps = kh_count * kw_count
+    cdef Py_ssize_t c, kh, ph, row, k, src_row, src_col, lo, hi
     cdef Py_ssize_t step = stride_w * sw
     cdef const floating *x_row
     cdef const floating *src
     cdef floating *dst
-    for rr in range(r_len):
-        r = r0 + rr
-        c = r // taps
-        kk = r - c * taps
-        kh = kk // kw_count
-        kw = kk - kh * kw_count
-        dst = panel + rr * p_pad
-        oh = p0 // out_w
-        ow = p0 - oh * out_w
-        j = 0
-        while j < p_len:
-            seg = out_w - ow
-            if seg > p_len - j:
-                seg = p_len - j
-            src_row = row_src[oh * kh_count + kh]
-            if src_row < 0:
-                memset(dst + j, 0, seg * sizeof(floating))
-            else:
-                x_row = x + c * sc + src_row * sh
-                # Interior columns map linearly (a copy); only the borders need the index map.
-                lo = max(ow, min(col_inner[3 * kw], ow + seg))
-                hi = max(lo, min(col_inner[3 * kw + 1], ow + seg))
-                for k in range(ow, lo):
-                    src_col = col_src[k * kw_count + kw]
-                    dst[j + k - ow] = x_row[src_col * sw] if src_col >= 0 else 0
-                src = x_row + (lo * stride_w + col_inner[3 * kw + 2]) * sw
-                if step == 1:  # a loop, not memcpy: runs are short (one output row)
-                    for k in range(hi - lo):
-                        dst[j + lo - ow + k] = src[k]
-                else:
-                    for k in range(hi - lo):
-                        dst[j + lo - ow + k] = src[k * step]
-                for k in range(hi, ow + seg):
-                    src_col = col_src[k * kw_count + kw]
-                    dst[j + k - ow] = x_row[src_col * sw] if src_col >= 0 else 0
-            j += seg
-            oh += 1
-            ow = 0
-        if p_pad > p_len:
-            memset(dst + p_len, 0, (p_pad - p_len) * sizeof(floating))
+    for c in range(channels):
+        for kh in range(kh_count):
+            for ph in range(phases):
+                lo = col_inner[3 * ph]
+                hi = col_inner[3 * ph + 1]
+                for row in range(rows):
+                    dst = slab + (((c * kh_count + kh) * phases + ph) * rows_per_task + row) * pitch
+                    src_row = row_src[(oh0 + row) * kh_count + kh]
+                    if src_row < 0:
+                        memset(dst, 0, pitch * sizeof(floating))
+                        continue
+                    x_row = x + c * sc + src_row * sh
+                    # Interior columns map linearly (a copy); only borders need the index map.
+                    for k in range(lo):
+                        src_col = col_src[ph * pitch + k]
+                        dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
+                    src = x_row + (lo * stride_w + col_inner[3 * ph + 2]) * sw
+                    if step == 1:
+                        _copy(dst + lo, src, hi - lo)
+                    else:
+                        for k in range(hi - lo):
+                            dst[lo + k] = src[k * step]
+                    for k in range(hi, pitch):
+                        src_col = col_src[ph * pitch + k]
+                        dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
 
 
 def conv2d_forward(
@@ -107,13 +105,14 @@ def conv2d_forward(
     const floating[:, :, :, ::1] packed_weight not None,  # IN  (G, FB, R, MR) see conv._pack
     const floating[:, ::1] packed_bias not None,  # IN  (G, FB*MR) bias, zero-padded
     const Py_ssize_t[::1] row_src not None,       # IN  (OH*KH,) input row per (oh, kh) or -1
-    const Py_ssize_t[::1] col_src not None,       # IN  (OW*KW,) input col per (ow, kw) or -1
-    const Py_ssize_t[:, ::1] col_inner not None,  # IN  (KW, 3) linear interior of col_src
+    const Py_ssize_t[:, ::1] col_src not None,    # IN  (P, Wq) input col per slab column or -1
+    const Py_ssize_t[:, ::1] col_inner not None,  # IN  (P, 3) linear interior of col_src
+    const Py_ssize_t[::1] b_offset not None,      # IN  (CC*KH*KW,) slab offset of row (c, kh, kw)
     floating[:, :, ::1] out not None,             # OUT (N, F, OH*OW) or (N, OH*OW, F) if NHWC
-    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count, Py_ssize_t out_w,
-    Py_ssize_t filters_per_group,
-    Py_ssize_t pixel_block, Py_ssize_t reduction_block, Py_ssize_t fblocks_per_task,
-    bint channels_last, bint relu, int num_threads,
+    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count,
+    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t filters_per_group,
+    Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
+    Py_ssize_t slab_size, bint channels_last, bint relu, int num_threads,
 ):
     """out = conv(x, weight) + bias (then ReLU), for a whole batch; see _conv.pxi's header."""
     cdef Py_ssize_t n_images = x.shape[0]
@@ -122,100 +121,106 @@ def conv2d_forward(
     cdef Py_ssize_t depth = packed_weight.shape[2]
     cdef Py_ssize_t in_per_group = x.shape[1] // groups
     cdef Py_ssize_t n_filters = filters_per_group * groups
-    cdef Py_ssize_t out_pixels = out.shape[2] if not channels_last else out.shape[1]
+    cdef Py_ssize_t phases = col_src.shape[0]
+    cdef Py_ssize_t pitch = col_src.shape[1]
+    cdef Py_ssize_t taps = kh_count * kw_count
     cdef Py_ssize_t nr = FC_NR_F32 if floating is float else FC_NR_F64
-    cdef Py_ssize_t pixel_blocks = (out_pixels + pixel_block - 1) // pixel_block
+    cdef Py_ssize_t row_blocks = (out_h + rows_per_task - 1) // rows_per_task
     cdef Py_ssize_t fchunks = (fblocks + fblocks_per_task - 1) // fblocks_per_task
-    cdef Py_ssize_t n_tasks = n_images * groups * fchunks * pixel_blocks
+    cdef Py_ssize_t n_tasks = n_images * groups * fchunks * row_blocks
     cdef Py_ssize_t itemsize = sizeof(floating)
     cdef Py_ssize_t sn = x.strides[0] // itemsize, sc = x.strides[1] // itemsize
     cdef Py_ssize_t sh = x.strides[2] // itemsize, sw = x.strides[3] // itemsize
     cdef const floating *x_data = &x[0, 0, 0, 0] if x.size > 0 else NULL
     cdef floating *out_data = &out[0, 0, 0]
-    cdef Py_ssize_t ld_out = out_pixels if not channels_last else n_filters
-    # Per-thread scratch, allocated once before the parallel region: the gathered panel, a
-    # tile for ragged edges, and (NHWC) the staging tile transposed into the output.
-    cdef Py_ssize_t panel_size = reduction_block * pixel_block
-    cdef Py_ssize_t edge_size = FC_MR * nr
-    cdef Py_ssize_t stage_size = fblocks_per_task * FC_MR * pixel_block if channels_last else 0
-    cdef Py_ssize_t scratch_per_thread = panel_size + edge_size + stage_size
-    cdef Py_ssize_t task, n, g, fc, pb, p0, p_len, p_pad, fb0, fb1, fb, r0, r_len, j0, j_len
-    cdef Py_ssize_t f_local, f_len, i, j, f
+    cdef Py_ssize_t out_pixels = out_h * out_w
+    # The staged output tile of a task: its filters x its pixels (over the row pitch).
+    cdef Py_ssize_t stage_pitch = (rows_per_task * pitch + nr - 1) // nr * nr
+    cdef Py_ssize_t stage_size = fblocks_per_task * FC_MR * stage_pitch
+    cdef Py_ssize_t scratch_per_thread = slab_size + stage_size
+    cdef Py_ssize_t task, n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0
+    cdef Py_ssize_t f_local, f_len, i, f, row, ow
     cdef floating *scratch
-    cdef floating *panel
-    cdef floating *edge
+    cdef floating *slab
     cdef floating *stage
     cdef floating *dst
+    cdef const floating *src
     cdef const floating *bias_ptr
-    cdef bint full_tile, last
+    cdef bint last
     cdef long long work = <long long>n_images * out_pixels * n_filters * depth
 
     if n_tasks == 0:
         return
-    scratch = <floating *>malloc(num_threads * scratch_per_thread * sizeof(floating))
+    # calloc: the slab's slack (read only by dropped junk columns) stays zero.
+    scratch = <floating *>calloc(num_threads * scratch_per_thread, sizeof(floating))
     if scratch == NULL:
         raise MemoryError("conv2d: cannot allocate per-thread scratch")
     with nogil, parallel(num_threads=num_threads, use_threads_if=work > 200000):
-        panel = scratch + threadid() * scratch_per_thread
-        edge = panel + panel_size
-        stage = edge + edge_size
+        slab = scratch + threadid() * scratch_per_thread
+        stage = slab + slab_size
         for task in prange(n_tasks, schedule="dynamic"):
-            pb = task % pixel_blocks
-            fc = (task // pixel_blocks) % fchunks
-            g = (task // (pixel_blocks * fchunks)) % groups
-            n = task // (pixel_blocks * fchunks * groups)
-            p0 = pb * pixel_block
-            p_len = min(pixel_block, out_pixels - p0)
-            p_pad = (p_len + nr - 1) // nr * nr
+            rb = task % row_blocks
+            fc = (task // row_blocks) % fchunks
+            g = (task // (row_blocks * fchunks)) % groups
+            n = task // (row_blocks * fchunks * groups)
+            oh0 = rb * rows_per_task
+            rows = min(rows_per_task, out_h - oh0)
+            q_len = rows * pitch
             fb0 = fc * fblocks_per_task
             fb1 = min(fb0 + fblocks_per_task, fblocks)
-            r0 = 0
-            while r0 < depth:
-                r_len = min(reduction_block, depth - r0)
-                last = r0 + r_len == depth
-                _gather_panel(x_data + n * sn + g * in_per_group * sc, sc, sh, sw,
-                              &row_src[0], &col_src[0], &col_inner[0, 0], stride_w,
-                              kh_count, kw_count, out_w,
-                              r0, r_len, p0, p_len, p_pad, panel)
+            c0 = 0
+            while c0 < in_per_group:
+                cc = min(channels_per_chunk, in_per_group - c0)
+                last = c0 + cc == in_per_group
+                _fill_slab(x_data + n * sn + (g * in_per_group + c0) * sc, sc, sh, sw, cc,
+                           &row_src[0], &col_src[0, 0], &col_inner[0, 0], stride_w,
+                           kh_count, phases, pitch, oh0, rows, rows_per_task, slab)
                 j0 = 0
-                while j0 < p_len:
-                    j_len = min(nr, p_len - j0)
+                while j0 < q_len:
                     for fb in range(fb0, fb1):
-                        bias_ptr = &packed_bias[g, fb * FC_MR] if r0 == 0 else NULL
-                        if channels_last:
-                            # Stage rows (fb - fb0)*MR.. of the task's tile; full tiles only.
-                            dst = stage + (fb - fb0) * FC_MR * pixel_block + j0
-                            _microkernel(r_len, &packed_weight[g, fb, r0, 0], panel + j0,
-                                         p_pad, dst, pixel_block, bias_ptr, relu and last)
-                            continue
-                        f_local = fb * FC_MR
-                        f_len = min(FC_MR, filters_per_group - f_local)
-                        f = g * filters_per_group + f_local
-                        dst = out_data + (n * n_filters + f) * ld_out + p0 + j0
-                        full_tile = f_len == FC_MR and j_len == nr
-                        if full_tile:
-                            _microkernel(r_len, &packed_weight[g, fb, r0, 0], panel + j0,
-                                         p_pad, dst, ld_out, bias_ptr, relu and last)
-                        else:
-                            if r0 > 0:
-                                for i in range(f_len):
-                                    memcpy(edge + i * nr, dst + i * ld_out,
-                                           j_len * sizeof(floating))
-                            _microkernel(r_len, &packed_weight[g, fb, r0, 0], panel + j0,
-                                         p_pad, edge, nr, bias_ptr, relu and last)
-                            for i in range(f_len):
-                                memcpy(dst + i * ld_out, edge + i * nr,
-                                       j_len * sizeof(floating))
+                        bias_ptr = &packed_bias[g, fb * FC_MR] if c0 == 0 else NULL
+                        _microkernel(cc * taps, &packed_weight[g, fb, c0 * taps, 0],
+                                     slab + j0, &b_offset[0],
+                                     stage + (fb - fb0) * FC_MR * stage_pitch + j0,
+                                     stage_pitch, bias_ptr, relu and last)
                     j0 = j0 + nr
-                r0 = r0 + r_len
-            if channels_last:
-                # Transpose the staged (channel, pixel) tile into NHWC rows.
-                for fb in range(fb0, fb1):
-                    f_local = fb * FC_MR
-                    f_len = min(FC_MR, filters_per_group - f_local)
-                    f = g * filters_per_group + f_local
-                    for j in range(p_len):
-                        dst = out_data + (n * out_pixels + p0 + j) * ld_out + f
-                        for i in range(f_len):
-                            dst[i] = stage[((fb - fb0) * FC_MR + i) * pixel_block + j]
+                c0 = c0 + cc
+            # Copy the staged tile out, dropping the junk columns past out_w.
+            for fb in range(fb0, fb1):
+                f_local = fb * FC_MR
+                f_len = min(FC_MR, filters_per_group - f_local)
+                f = g * filters_per_group + f_local
+                for i in range(f_len):
+                    src = stage + ((fb - fb0) * FC_MR + i) * stage_pitch
+                    if not channels_last:
+                        dst = out_data + (n * n_filters + f + i) * out_pixels + oh0 * out_w
+                        for row in range(rows):
+                            _copy(dst + row * out_w, src + row * pitch, out_w)
+                    else:
+                        dst = out_data + (n * out_pixels + oh0 * out_w) * n_filters + f + i
+                        for row in range(rows):
+                            for ow in range(out_w):
+                                dst[(row * out_w + ow) * n_filters] = src[row * pitch + ow]
     free(scratch)
+
+
+def pack_weights(
+    const floating[:, :, ::1] weight not None,    # IN  (G, Fg, R) filters, R = (c, kh, kw)
+    floating[:, :, :, ::1] packed not None,       # OUT (G, FB, R, MR), rows past Fg zero
+    int num_threads,
+):
+    """Lay the filters out as the micro-kernel reads them: MR filters per reduction row."""
+    cdef Py_ssize_t groups = packed.shape[0], fblocks = packed.shape[1]
+    cdef Py_ssize_t depth = packed.shape[2], per_group = weight.shape[1]
+    cdef Py_ssize_t task, g, fb, r, i, f
+    cdef floating *dst
+    with nogil:
+        for task in prange(groups * fblocks, num_threads=num_threads, schedule="static",
+                           use_threads_if=groups * fblocks * depth * FC_MR > 1 << 18):
+            g = task // fblocks
+            fb = task - g * fblocks
+            for r in range(depth):
+                dst = &packed[g, fb, r, 0]
+                for i in range(FC_MR):
+                    f = fb * FC_MR + i
+                    dst[i] = weight[g, f, r] if f < per_group else 0

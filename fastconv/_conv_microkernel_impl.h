@@ -1,10 +1,12 @@
 /* Body of the micro-kernel, included once per dtype by _conv_microkernel.h with
  * FC_T (scalar), FC_V / FC_VU (vector, unaligned vector), FC_VI (mask) and FC_NAME set. */
 
-/* bias != NULL: start from bias[i] (first reduction block); else from C (later blocks).
+/* Row r of B starts at b + b_offset[r] (rows are windows into the input slab).
+ * bias != NULL: start from bias[i] (first reduction block); else from C (later blocks).
  * relu: clamp negatives to 0 after the last block; NaN stays NaN (x < 0 is false for NaN). */
 static inline void FC_NAME(fc_microkernel)(
-    Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b, Py_ssize_t ldb,
+    Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
+    const Py_ssize_t *restrict b_offset,
     FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
 {
     FC_V acc[FC_MR][FC_NV];
@@ -24,7 +26,7 @@ static inline void FC_NAME(fc_microkernel)(
     for (Py_ssize_t r = 0; r < depth; r++) {
         FC_V bv[FC_NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < FC_NV; v++) bv[v] = *(const FC_VU *)(b + r * ldb + v * FC_LANES);
+        for (int v = 0; v < FC_NV; v++) bv[v] = *(const FC_VU *)(b + b_offset[r] + v * FC_LANES);
         const FC_T *ar = a + r * FC_MR;
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {

@@ -6,6 +6,8 @@
 #ifndef FASTCONV_SIMD_H
 #define FASTCONV_SIMD_H
 
+#include <Python.h> /* Py_ssize_t */
+
 #if defined(__AVX512F__)
 #define FC_VEC_BYTES 64
 #define FC_ISA_NAME "avx512"
@@ -29,5 +31,42 @@ typedef double fc_vf64_u __attribute__((vector_size(FC_VEC_BYTES), aligned(8), m
 
 #define FC_LANES_F32 (FC_VEC_BYTES / 4)
 #define FC_LANES_F64 (FC_VEC_BYTES / 8)
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+/* Copy n elements: whole vectors, then (AVX-512) one masked vector for the tail. Rows in the
+ * kernels are short (one output row), where memcpy's call and a scalar tail cost more than
+ * the copy itself. */
+static inline void fc_copy_f32(float *restrict dst, const float *restrict src, Py_ssize_t n)
+{
+    Py_ssize_t k = 0;
+    for (; k + FC_LANES_F32 <= n; k += FC_LANES_F32)
+        *(fc_vf32_u *)(dst + k) = *(const fc_vf32_u *)(src + k);
+#if defined(__AVX512F__)
+    if (k < n) {
+        __mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
+        _mm512_mask_storeu_ps(dst + k, m, _mm512_maskz_loadu_ps(m, src + k));
+    }
+#else
+    for (; k < n; k++) dst[k] = src[k];
+#endif
+}
+
+static inline void fc_copy_f64(double *restrict dst, const double *restrict src, Py_ssize_t n)
+{
+    Py_ssize_t k = 0;
+    for (; k + FC_LANES_F64 <= n; k += FC_LANES_F64)
+        *(fc_vf64_u *)(dst + k) = *(const fc_vf64_u *)(src + k);
+#if defined(__AVX512F__)
+    if (k < n) {
+        __mmask8 m = (__mmask8)((1u << (n - k)) - 1u);
+        _mm512_mask_storeu_pd(dst + k, m, _mm512_maskz_loadu_pd(m, src + k));
+    }
+#else
+    for (; k < n; k++) dst[k] = src[k];
+#endif
+}
 
 #endif

@@ -7,6 +7,7 @@ parameter and the offending values, and hands kernels plain, trusted values.
 from __future__ import annotations
 
 import operator
+import os
 from numbers import Integral
 
 import numpy as np
@@ -28,6 +29,11 @@ __all__ = [
 ]
 
 LAYOUTS = ("NCHW", "NHWC")
+
+try:
+    _CPU_COUNT = max(1, len(os.sched_getaffinity(0)))
+except AttributeError:  # not on Linux
+    _CPU_COUNT = max(1, os.cpu_count() or 1)
 
 # Sizes past this are certainly a mistake (and would overflow index arithmetic elsewhere).
 MAX_OUTPUT_ELEMENTS = 2**48
@@ -147,4 +153,5 @@ def resolve_num_threads(num_threads):
         raise TypeError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
     if num_threads < 1:
         raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads}")
-    return int(num_threads)
+    # More threads than CPUs only adds contention (and each thread gets scratch memory).
+    return min(int(num_threads), _CPU_COUNT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _conv_plan
 from . import _validation as v
 from ._config import load_kernels
 
@@ -21,12 +22,6 @@ ACTIVATIONS = (None, "relu")
 CORRELATE_MODES = ("valid", "same", "full")
 # Any larger padding, stride or dilation is a mistake; it would also overflow index maps.
 _MAX_GEOMETRY = 2**31
-# Reduction rows gathered per panel: panel (rows x pixel block) stays in L2, and the slice the
-# micro-kernel streams (rows x NR) in L1.
-_REDUCTION_BLOCK = 256
-_PIXEL_BLOCK_TILES = 4
-_MIN_TASKS = 8
-
 
 class _PackedWeights:
     """Weights (and bias) with their micro-kernel packing cached per dtype.
@@ -71,15 +66,15 @@ def _prepack_weights(weight, bias=None, groups=1):
     return _PackedWeights(weight, bias, groups)
 
 
-def _pack(weight, bias, groups, dtype):
+def _pack(weight, bias, groups, dtype, num_threads=1):
     mr = _kernels.MR
     n_filters, in_per_group, kh, kw = weight.shape
     per_group = n_filters // groups
     fblocks = -(-per_group // mr)
     depth = in_per_group * kh * kw
-    padded = np.zeros((groups, fblocks * mr, depth), dtype)
-    padded[:, :per_group] = weight.reshape(groups, per_group, depth)
-    packed = np.ascontiguousarray(padded.reshape(groups, fblocks, mr, depth).transpose(0, 1, 3, 2))
+    grouped = v.as_kernel_input(weight, dtype).reshape(groups, per_group, depth)
+    packed = np.empty((groups, fblocks, depth, mr), dtype)
+    _kernels.pack_weights(np.ascontiguousarray(grouped), packed, num_threads)
     packed_bias = np.zeros((groups, fblocks * mr), dtype)
     if bias is not None:
         packed_bias[:, :per_group] = bias.reshape(groups, per_group)
@@ -131,38 +126,6 @@ def _resolve_padding(padding, in_size, extent, stride):
         if value > _MAX_GEOMETRY:
             raise ValueError(f"padding {padding!r} is absurdly large (> 2**31)")
     return tuple(int(value) for value in values)
-
-
-def _source_index(positions, size, mode):
-    """Map padded-input positions (relative to the unpadded input) to input indices, -1 = zero."""
-    if mode == "zeros":
-        return np.where((positions >= 0) & (positions < size), positions, -1)
-    if mode == "replicate":
-        return np.clip(positions, 0, size - 1)
-    if mode == "circular":
-        return np.mod(positions, size)
-    # reflect (mirror without repeating the edge); the caller guarantees padding < size.
-    positions = np.abs(positions)
-    return np.where(positions >= size, 2 * (size - 1) - positions, positions)
-
-
-def _index_map(out_size, kernel, stride, dilation, pad_before, size, mode):
-    """(out_size * kernel,) input index of output position o and tap k, -1 for a zero."""
-    positions = (np.arange(out_size, dtype=np.intp)[:, None] * stride
-                 + np.arange(kernel, dtype=np.intp)[None, :] * dilation - pad_before)
-    return np.ascontiguousarray(_source_index(positions, size, mode).ravel(), dtype=np.intp)
-
-
-def _linear_interior(out_size, kernel, stride, dilation, pad_before, size):
-    """(kernel, 3): per tap k, the outputs [first, end) whose input index is the plain
-    ``o * stride + offset`` inside the input, and that offset; the kernel copies them directly."""
-    table = np.empty((kernel, 3), dtype=np.intp)
-    for k in range(kernel):
-        offset = k * dilation - pad_before
-        first = min(max(-(-(-offset) // stride), 0), out_size)
-        end = min(max((size - 1 - offset) // stride + 1, first), out_size)
-        table[k] = first, end, offset
-    return table
 
 
 def _check_mode_padding(padding_mode, pads, height, width):
@@ -311,36 +274,25 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
             np.maximum(out3, 0, out=out3, where=~np.isnan(out3))
         return out
     if packed_weights is None:
-        packed_w, packed_b = _pack(weight, bias, groups, dtype)
+        packed_w, packed_b = _pack(weight, bias, groups, dtype, threads)
     else:
         packed_w, packed_b = packed_weights.packed(dtype)
 
     x_kernel = v.as_kernel_input(x_nchw, dtype)
     if any(s % dtype.itemsize for s in x_kernel.strides) or not x_kernel.flags.aligned:
         x_kernel = np.ascontiguousarray(x_kernel)
-    row_src = _index_map(out_h, kh, sh, dh, top, height, padding_mode)
-    col_src = _index_map(out_w, kw, sw, dw, left, width, padding_mode)
-    col_inner = _linear_interior(out_w, kw, sw, dw, left, width)
-
     nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
-    out_pixels = out_h * out_w
-    # Task shape from the problem shape only (never the thread count, so bits don't change):
-    # enough tasks to balance, split over pixels first (no repeated gathers), then channels.
-    tiles = -(-out_pixels // nr)
-    tiles_per_block = max(1, min(_PIXEL_BLOCK_TILES, tiles * n_images * groups // _MIN_TASKS))
-    pixel_block = tiles_per_block * nr
-    pixel_blocks = -(-out_pixels // pixel_block)
-    fblocks = packed_w.shape[1]
-    coarse_tasks = n_images * groups * pixel_blocks
-    fchunks = min(fblocks, -(-_MIN_TASKS // coarse_tasks))
-    fblocks_per_task = -(-fblocks // fchunks)
-    reduction_block = depth if depth <= _REDUCTION_BLOCK else -(-depth // -(-depth // _REDUCTION_BLOCK))
-
+    layout_plan = _conv_plan.plan(
+        n_images=n_images, groups=groups, in_per_group=in_per_group, fblocks=packed_w.shape[1],
+        height=height, width=width, out_h=out_h, out_w=out_w, kernel=(kh, kw),
+        stride=(sh, sw), dilation=(dh, dw), pads=pads, padding_mode=padding_mode, nr=nr,
+        itemsize=dtype.itemsize)
     _kernels.conv2d_forward(
-        x_kernel, packed_w, packed_b, row_src, col_src, col_inner, out3,
-        sw, kh, kw, out_w, n_filters // groups,
-        pixel_block, reduction_block, fblocks_per_task,
-        layout == "NHWC", activation == "relu", threads,
+        x_kernel, packed_w, packed_b, layout_plan.row_src, layout_plan.col_src,
+        layout_plan.col_inner, layout_plan.b_offset, out3,
+        sw, kh, kw, out_h, out_w, n_filters // groups,
+        layout_plan.rows_per_task, layout_plan.channels_per_chunk, layout_plan.fblocks_per_task,
+        layout_plan.slab_size, layout == "NHWC", activation == "relu", threads,
     )
     return out
 

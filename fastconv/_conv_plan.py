@@ -1,0 +1,120 @@
+"""How a validated conv2d call is laid out for the kernel in ``_conv.pxi``.
+
+Everything here depends on the problem's shape only, never on the thread count, so the
+work split (and with it every bit of the result) is the same for any ``num_threads``.
+
+Vocabulary (see the header of ``_conv.pxi``):
+- the *pitch* is the length of one output row in the kernel's pixel numbering: the output
+  width plus a few junk columns, so that the taps of consecutive pixels are consecutive;
+- a *phase* is a residue of the padded input column modulo the stride: the slab stores each
+  input row split by phase so that strided taps are contiguous too;
+- the *slab* is the thread-local copy of the padded input rows a task needs, laid out as
+  (channel, kh, phase, output row, pitch).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+# Reduction rows (channel x kh x kw) per micro-kernel pass: its weight panel stays in L1.
+REDUCTION_DEPTH = 256
+# Bytes of slab per thread at most (the slab and the staged output share L2).
+SLAB_BYTES = 512 * 1024
+# Output pixels (over the pitch) per task at most, and enough tasks to balance two threads
+# on small layers.
+MAX_TASK_PIXELS = 1024
+MIN_TASKS = 8
+
+
+class ConvPlan(NamedTuple):
+    row_src: np.ndarray      # (OH*KH,) input row of (oh, kh), -1 = zero padding
+    col_src: np.ndarray      # (P, pitch) input column of slab column (phase, q), -1 = zero
+    col_inner: np.ndarray    # (P, 3) [first, end) of the linear interior per phase, offset
+    b_offset: np.ndarray     # (CC*KH*KW,) slab offset of reduction row (c, kh, kw)
+    rows_per_task: int
+    channels_per_chunk: int
+    fblocks_per_task: int
+    slab_size: int
+
+
+def source_index(positions, size, mode):
+    """Map positions relative to the unpadded input to input indices, -1 for a zero."""
+    if mode == "zeros":
+        return np.where((positions >= 0) & (positions < size), positions, -1)
+    if mode == "replicate":
+        return np.clip(positions, 0, size - 1)
+    if mode == "circular":
+        return np.mod(positions, size)
+    # reflect (mirror without repeating the edge); the caller guarantees padding < size.
+    positions = np.abs(positions)
+    return np.where(positions >= size, 2 * (size - 1) - positions, positions)
+
+
+def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w,
+         kernel, stride, dilation, pads, padding_mode, nr, itemsize):
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    top, _, left, right = pads
+
+    taps_h = np.arange(out_h, dtype=np.intp)[:, None] * sh + np.arange(kh) * dh - top
+    row_src = np.ascontiguousarray(source_index(taps_h, height, padding_mode).ravel(),
+                                   dtype=np.intp)
+
+    # Column phases: tap kw reads slab column ow + (kw*dw)//sw of phase (kw*dw) % sw.
+    phases = sorted({(k * dw) % sw for k in range(kw)})
+    phase_of = {p: i for i, p in enumerate(phases)}
+    pitch = out_w + ((kw - 1) * dw) // sw
+    padded_w = left + width + right
+    idx = np.arange(pitch, dtype=np.intp)
+    col_src = np.empty((len(phases), pitch), dtype=np.intp)
+    col_inner = np.empty((len(phases), 3), dtype=np.intp)
+    for i, p in enumerate(phases):
+        padded = idx * sw + p
+        mapped = source_index(padded - left, width, padding_mode)
+        col_src[i] = np.where(padded < padded_w, mapped, -1)  # past the padding: junk only
+        offset = p - left
+        first = min(max(-(offset // sw), 0), pitch)      # smallest q with q*sw + offset >= 0
+        end = min(max((width - 1 - offset) // sw + 1, first), pitch)
+        col_inner[i] = first, end, offset
+
+    rows = _rows_per_task(out_h, out_w, pitch, nr, n_images * groups)
+    row_blocks = -(-out_h // rows)
+    # Too few row bands to balance the threads: split the filters too.
+    fchunks = min(fblocks, -(-MIN_TASKS // (n_images * groups * row_blocks)))
+    fblocks_per_task = -(-fblocks // fchunks)
+
+    slab_row = kh * len(phases) * rows * pitch  # elements per input channel
+    channels = max(1, min(in_per_group, REDUCTION_DEPTH // (kh * kw),
+                          SLAB_BYTES // (slab_row * itemsize)))
+    channels = -(-in_per_group // -(-in_per_group // channels))  # equal chunks
+
+    c_local = np.arange(channels)[:, None, None]
+    k_h = np.arange(kh)[None, :, None]
+    k_w = np.arange(kw)[None, None, :]
+    phase_idx = np.array([phase_of[(k * dw) % sw] for k in range(kw)])[None, None, :]
+    b_offset = (((c_local * kh + k_h) * len(phases) + phase_idx) * rows * pitch
+                + (k_w * dw) // sw)
+    b_offset = np.ascontiguousarray(b_offset.ravel(), dtype=np.intp)
+    stage_pitch = -(-rows * pitch // nr) * nr
+    slab_size = max(channels * slab_row, int(b_offset.max()) + stage_pitch)
+    return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
+                    slab_size)
+
+
+def _rows_per_task(out_h, out_w, pitch, nr, planes):
+    """Output rows per task: among the splits that waste least on junk columns and tile
+    rounding, the largest that still leaves MIN_TASKS tasks over ``planes`` (image, group)
+    pairs, else the smallest."""
+    costs = {}
+    for rows in range(1, out_h + 1):
+        span = rows * pitch
+        if span > MAX_TASK_PIXELS and rows > 1:
+            break
+        costs[rows] = (-(-span // nr) * nr) / (rows * out_w)  # computed per useful pixel
+    best = min(costs.values())
+    near_best = [rows for rows, cost in costs.items() if cost <= best * 1.03]
+    balanced = [rows for rows in near_best if planes * -(-out_h // rows) >= MIN_TASKS]
+    return max(balanced) if balanced else min(near_best)
