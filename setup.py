@@ -9,6 +9,7 @@ Environment switches:
   FASTCONV_BOUNDSCHECK=1      turn Cython bounds/wraparound checks back on (debugging)
   FASTCONV_SANITIZE=address   build with -fsanitize=address,undefined (see tests/README)
   FASTCONV_MARCH_NATIVE=1     add -march=native (local experiments only, never for wheels)
+  FASTCONV_BUILD_ONLY=conv,pool   build only these kernel families (development rebuilds)
 """
 
 import os
@@ -98,9 +99,12 @@ def _extensions():
         base_flags += san
         link_flags += san
 
+    only = [f"_{family}" for family in os.environ.get("FASTCONV_BUILD_ONLY", "").split(",") if family]
     extensions = []
     for pyx in sorted(glob("fastconv/_*.pyx")):
         stem = Path(pyx).stem
+        if only and not any(stem.startswith(prefix) for prefix in only):
+            continue
         isa = stem.rsplit("_", 1)[-1] if stem.rsplit("_", 1)[-1] in ISA_FLAGS else None
         if isa in ("avx512", "avx2") and not IS_X86:
             continue  # only the baseline level exists off x86

@@ -23,6 +23,8 @@ cdef extern from "_conv_microkernel.h" nogil:
         FC_MR
         FC_NR_F32
         FC_NR_F64
+        FC_ROW_NR_F32
+        FC_ROW_NR_F64
     const char *FC_ISA_NAME
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
@@ -32,12 +34,19 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_microkernel_f64(Py_ssize_t depth, const double *a, const double *b,
                             const Py_ssize_t *b_offset, double *c, Py_ssize_t ldc,
                             const double *bias, int relu)
+    void fc_microkernel_row_f32(Py_ssize_t depth, const float *a, const float *b,
+                                const Py_ssize_t *b_offset, float *c, const float *bias, int relu)
+    void fc_microkernel_row_f64(Py_ssize_t depth, const double *a, const double *b,
+                                const Py_ssize_t *b_offset, double *c, const double *bias,
+                                int relu)
 
 
 ISA = FC_ISA_NAME.decode()
 MR = FC_MR                # output channels per micro-kernel tile (weights are packed by MR)
 NR_FLOAT32 = FC_NR_F32    # output pixels per tile, float32
 NR_FLOAT64 = FC_NR_F64    # output pixels per tile, float64
+ROW_NR_FLOAT32 = FC_ROW_NR_F32  # output pixels per tile of the one-filter (depthwise) kernel
+ROW_NR_FLOAT64 = FC_ROW_NR_F64
 
 
 cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floating *b,
@@ -47,6 +56,15 @@ cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floatin
         fc_microkernel_f32(depth, a, b, b_offset, c, ldc, bias, relu)
     else:
         fc_microkernel_f64(depth, a, b, b_offset, c, ldc, bias, relu)
+
+
+cdef inline void _microkernel_row(Py_ssize_t depth, const floating *a, const floating *b,
+                                  const Py_ssize_t *b_offset, floating *c,
+                                  const floating *bias, bint relu) noexcept nogil:
+    if floating is float:
+        fc_microkernel_row_f32(depth, a, b, b_offset, c, bias, relu)
+    else:
+        fc_microkernel_row_f64(depth, a, b, b_offset, c, bias, relu)
 
 
 cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
@@ -60,51 +78,50 @@ cdef void _fill_slab(
     const floating *x,            # IN  input image n, first channel of the chunk
     Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t sw,   # element strides of x (channel, row, col)
     Py_ssize_t channels,          # channels in this chunk
-    const Py_ssize_t *row_src,    # IN  (OH*KH,) input row of (oh, kh), -1 = padding zero
-    const Py_ssize_t *col_src,    # IN  (P, Wq) input col of slab column (phase, q), -1 = zero
+    const Py_ssize_t *row_src,    # IN  (slab_rows,) input row of each slab row, -1 = zero
+    Py_ssize_t slab_rows,
+    const Py_ssize_t *col_src,    # IN  (P, pitch) input col of slab column (phase, q), -1 = 0
     const Py_ssize_t *col_inner,  # IN  (P, 3) per phase: [first, end) of the q whose input
                                   #     col is q * stride + offset, and that offset
-    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t phases, Py_ssize_t pitch,
-    Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t rows_per_task,
-    floating *slab,               # OUT (channels, KH, P, rows_per_task, pitch)
+    Py_ssize_t stride_w, Py_ssize_t phases, Py_ssize_t pitch,
+    floating *slab,               # OUT (channels, P, slab_rows, pitch)
 ) noexcept nogil:
-    cdef Py_ssize_t c, kh, ph, row, k, src_row, src_col, lo, hi
+    cdef Py_ssize_t c, ph, row, k, src_row, src_col, lo, hi
     cdef Py_ssize_t step = stride_w * sw
     cdef const floating *x_row
     cdef const floating *src
     cdef floating *dst
     for c in range(channels):
-        for kh in range(kh_count):
-            for ph in range(phases):
-                lo = col_inner[3 * ph]
-                hi = col_inner[3 * ph + 1]
-                for row in range(rows):
-                    dst = slab + (((c * kh_count + kh) * phases + ph) * rows_per_task + row) * pitch
-                    src_row = row_src[(oh0 + row) * kh_count + kh]
-                    if src_row < 0:
-                        memset(dst, 0, pitch * sizeof(floating))
-                        continue
-                    x_row = x + c * sc + src_row * sh
-                    # Interior columns map linearly (a copy); only borders need the index map.
-                    for k in range(lo):
-                        src_col = col_src[ph * pitch + k]
-                        dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
-                    src = x_row + (lo * stride_w + col_inner[3 * ph + 2]) * sw
-                    if step == 1:
-                        _copy(dst + lo, src, hi - lo)
-                    else:
-                        for k in range(hi - lo):
-                            dst[lo + k] = src[k * step]
-                    for k in range(hi, pitch):
-                        src_col = col_src[ph * pitch + k]
-                        dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
+        for ph in range(phases):
+            lo = col_inner[3 * ph]
+            hi = col_inner[3 * ph + 1]
+            for row in range(slab_rows):
+                dst = slab + ((c * phases + ph) * slab_rows + row) * pitch
+                src_row = row_src[row]
+                if src_row < 0:
+                    memset(dst, 0, pitch * sizeof(floating))
+                    continue
+                x_row = x + c * sc + src_row * sh
+                # Interior columns map linearly (a copy); only borders need the index map.
+                for k in range(lo):
+                    src_col = col_src[ph * pitch + k]
+                    dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
+                src = x_row + (lo * stride_w + col_inner[3 * ph + 2]) * sw
+                if step == 1:
+                    _copy(dst + lo, src, hi - lo)
+                else:
+                    for k in range(hi - lo):
+                        dst[lo + k] = src[k * step]
+                for k in range(hi, pitch):
+                    src_col = col_src[ph * pitch + k]
+                    dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
 
 
 def conv2d_forward(
     const floating[:, :, :, :] x not None,       # IN  (N, C, H, W) any strides (NHWC = a view)
     const floating[:, :, :, ::1] packed_weight not None,  # IN  (G, FB, R, MR) see conv._pack
     const floating[:, ::1] packed_bias not None,  # IN  (G, FB*MR) bias, zero-padded
-    const Py_ssize_t[::1] row_src not None,       # IN  (OH*KH,) input row per (oh, kh) or -1
+    const Py_ssize_t[:, ::1] row_src not None,    # IN  (row bands, slab rows) input row or -1
     const Py_ssize_t[:, ::1] col_src not None,    # IN  (P, Wq) input col per slab column or -1
     const Py_ssize_t[:, ::1] col_inner not None,  # IN  (P, 3) linear interior of col_src
     const Py_ssize_t[::1] b_offset not None,      # IN  (CC*KH*KW,) slab offset of row (c, kh, kw)
@@ -124,7 +141,13 @@ def conv2d_forward(
     cdef Py_ssize_t phases = col_src.shape[0]
     cdef Py_ssize_t pitch = col_src.shape[1]
     cdef Py_ssize_t taps = kh_count * kw_count
-    cdef Py_ssize_t nr = FC_NR_F32 if floating is float else FC_NR_F64
+    # One filter per group (depthwise): a one-row tile, wider in pixels; else MR x NR tiles.
+    cdef bint one_filter = filters_per_group == 1
+    cdef Py_ssize_t nr
+    if one_filter:
+        nr = FC_ROW_NR_F32 if floating is float else FC_ROW_NR_F64
+    else:
+        nr = FC_NR_F32 if floating is float else FC_NR_F64
     cdef Py_ssize_t row_blocks = (out_h + rows_per_task - 1) // rows_per_task
     cdef Py_ssize_t fchunks = (fblocks + fblocks_per_task - 1) // fblocks_per_task
     cdef Py_ssize_t n_tasks = n_images * groups * fchunks * row_blocks
@@ -173,10 +196,17 @@ def conv2d_forward(
                 cc = min(channels_per_chunk, in_per_group - c0)
                 last = c0 + cc == in_per_group
                 _fill_slab(x_data + n * sn + (g * in_per_group + c0) * sc, sc, sh, sw, cc,
-                           &row_src[0], &col_src[0, 0], &col_inner[0, 0], stride_w,
-                           kh_count, phases, pitch, oh0, rows, rows_per_task, slab)
+                           &row_src[rb, 0], row_src.shape[1], &col_src[0, 0],
+                           &col_inner[0, 0], stride_w, phases, pitch, slab)
                 j0 = 0
                 while j0 < q_len:
+                    if one_filter:
+                        _microkernel_row(cc * taps, &packed_weight[g, 0, c0 * taps, 0],
+                                         slab + j0, &b_offset[0], stage + j0,
+                                         &packed_bias[g, 0] if c0 == 0 else NULL,
+                                         relu and last)
+                        j0 = j0 + nr
+                        continue
                     for fb in range(fb0, fb1):
                         bias_ptr = &packed_bias[g, fb * FC_MR] if c0 == 0 else NULL
                         _microkernel(cc * taps, &packed_weight[g, fb, c0 * taps, 0],
@@ -186,21 +216,22 @@ def conv2d_forward(
                     j0 = j0 + nr
                 c0 = c0 + cc
             # Copy the staged tile out, dropping the junk columns past out_w.
-            for fb in range(fb0, fb1):
-                f_local = fb * FC_MR
-                f_len = min(FC_MR, filters_per_group - f_local)
-                f = g * filters_per_group + f_local
+            f_local = fb0 * FC_MR
+            f_len = min(fb1 * FC_MR, filters_per_group) - f_local
+            f = g * filters_per_group + f_local
+            if not channels_last:
                 for i in range(f_len):
-                    src = stage + ((fb - fb0) * FC_MR + i) * stage_pitch
-                    if not channels_last:
-                        dst = out_data + (n * n_filters + f + i) * out_pixels + oh0 * out_w
-                        for row in range(rows):
-                            _copy(dst + row * out_w, src + row * pitch, out_w)
-                    else:
-                        dst = out_data + (n * out_pixels + oh0 * out_w) * n_filters + f + i
-                        for row in range(rows):
-                            for ow in range(out_w):
-                                dst[(row * out_w + ow) * n_filters] = src[row * pitch + ow]
+                    src = stage + i * stage_pitch
+                    dst = out_data + (n * n_filters + f + i) * out_pixels + oh0 * out_w
+                    for row in range(rows):
+                        _copy(dst + row * out_w, src + row * pitch, out_w)
+            else:  # transpose: a pixel's channels are contiguous in NHWC
+                for row in range(rows):
+                    for ow in range(out_w):
+                        src = stage + row * pitch + ow
+                        dst = out_data + (n * out_pixels + (oh0 + row) * out_w + ow) * n_filters + f
+                        for i in range(f_len):
+                            dst[i] = src[i * stage_pitch]
     free(scratch)
 
 

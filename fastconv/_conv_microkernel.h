@@ -28,6 +28,10 @@
 #define FC_MR 6  /* 12 accumulators of 16 ymm/xmm */
 #endif
 #endif
+/* The one-filter (depthwise) kernel: 4 vector chains hide the FMA latency. */
+#define FC_ROW_NV 4
+#define FC_ROW_NR_F32 (FC_ROW_NV * FC_LANES_F32)
+#define FC_ROW_NR_F64 (FC_ROW_NV * FC_LANES_F64)
 #define FC_NR_F32 (FC_NV * FC_LANES_F32)
 #define FC_NR_F64 (FC_NV * FC_LANES_F64)
 

@@ -51,6 +51,34 @@ static inline void FC_NAME(fc_microkernel)(
     }
 }
 
+/* One filter (depthwise convolution: one filter per group) x FC_ROW_NV vectors of pixels;
+ * the weight of reduction row r is a[r * FC_MR] (the packed layout of the full kernel). */
+static inline void FC_NAME(fc_microkernel_row)(
+    Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
+    const Py_ssize_t *restrict b_offset, FC_T *restrict c, const FC_T *restrict bias, int relu)
+{
+    FC_V acc[FC_ROW_NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < FC_ROW_NV; v++) {
+        if (bias) acc[v] = (FC_V){0} + bias[0];
+        else acc[v] = *(const FC_VU *)(c + v * FC_LANES);
+    }
+    for (Py_ssize_t r = 0; r < depth; r++) {
+        const FC_T w = a[r * FC_MR];
+        const FC_T *br = b + b_offset[r];
+#pragma GCC unroll 8
+        for (int v = 0; v < FC_ROW_NV; v++) acc[v] += *(const FC_VU *)(br + v * FC_LANES) * w;
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < FC_ROW_NV; v++) {
+        if (relu) {
+            const FC_V zero = {0};
+            acc[v] = (FC_V)((FC_VI)acc[v] & ~(FC_VI)(acc[v] < zero));
+        }
+        *(FC_VU *)(c + v * FC_LANES) = acc[v];
+    }
+}
+
 #undef FC_T
 #undef FC_V
 #undef FC_VU

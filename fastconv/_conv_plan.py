@@ -9,11 +9,14 @@ Vocabulary (see the header of ``_conv.pxi``):
 - a *phase* is a residue of the padded input column modulo the stride: the slab stores each
   input row split by phase so that strided taps are contiguous too;
 - the *slab* is the thread-local copy of the padded input rows a task needs, laid out as
-  (channel, kh, phase, output row, pitch).
+  (channel, phase, slab row, pitch). With row stride 1 the slab rows are the padded input
+  rows of the band (each copied once); with a larger row stride they are (kh, output row),
+  so that consecutive output rows are one pitch apart in both cases.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -29,7 +32,7 @@ MIN_TASKS = 8
 
 
 class ConvPlan(NamedTuple):
-    row_src: np.ndarray      # (OH*KH,) input row of (oh, kh), -1 = zero padding
+    row_src: np.ndarray      # (row bands, slab rows) input row of each slab row, -1 = zero
     col_src: np.ndarray      # (P, pitch) input column of slab column (phase, q), -1 = zero
     col_inner: np.ndarray    # (P, 3) [first, end) of the linear interior per phase, offset
     b_offset: np.ndarray     # (CC*KH*KW,) slab offset of reduction row (c, kh, kw)
@@ -52,16 +55,14 @@ def source_index(positions, size, mode):
     return np.where(positions >= size, 2 * (size - 1) - positions, positions)
 
 
+@functools.lru_cache(maxsize=256)
 def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w,
          kernel, stride, dilation, pads, padding_mode, nr, itemsize):
+    """The kernel's layout for one problem shape; cached (layers call it with one shape)."""
     kh, kw = kernel
     sh, sw = stride
     dh, dw = dilation
     top, _, left, right = pads
-
-    taps_h = np.arange(out_h, dtype=np.intp)[:, None] * sh + np.arange(kh) * dh - top
-    row_src = np.ascontiguousarray(source_index(taps_h, height, padding_mode).ravel(),
-                                   dtype=np.intp)
 
     # Column phases: tap kw reads slab column ow + (kw*dw)//sw of phase (kw*dw) % sw.
     phases = sorted({(k * dw) % sw for k in range(kw)})
@@ -86,20 +87,37 @@ def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w
     fchunks = min(fblocks, -(-MIN_TASKS // (n_images * groups * row_blocks)))
     fblocks_per_task = -(-fblocks // fchunks)
 
-    slab_row = kh * len(phases) * rows * pitch  # elements per input channel
+    # Slab rows of each band of output rows, and where tap kh starts among them.
+    bands = np.arange(row_blocks)[:, None] * rows
+    if sh == 1:
+        slab_rows = rows + (kh - 1) * dh
+        padded_rows = bands + np.arange(slab_rows)[None, :]
+        kh_start = np.arange(kh) * dh
+        usable = padded_rows < out_h + (kh - 1) * dh
+    else:
+        slab_rows = kh * rows
+        tap, row = np.divmod(np.arange(slab_rows), rows)
+        padded_rows = (bands + row[None, :]) * sh + tap[None, :] * dh
+        kh_start = np.arange(kh) * rows
+        usable = (bands + row[None, :]) < out_h
+    mapped = source_index(padded_rows - top, height, padding_mode)
+    row_src = np.ascontiguousarray(np.where(usable, mapped, -1), dtype=np.intp)
+
+    slab_row = len(phases) * slab_rows * pitch  # elements per input channel
     channels = max(1, min(in_per_group, REDUCTION_DEPTH // (kh * kw),
                           SLAB_BYTES // (slab_row * itemsize)))
     channels = -(-in_per_group // -(-in_per_group // channels))  # equal chunks
 
     c_local = np.arange(channels)[:, None, None]
-    k_h = np.arange(kh)[None, :, None]
+    k_h = kh_start[None, :, None]
     k_w = np.arange(kw)[None, None, :]
     phase_idx = np.array([phase_of[(k * dw) % sw] for k in range(kw)])[None, None, :]
-    b_offset = (((c_local * kh + k_h) * len(phases) + phase_idx) * rows * pitch
-                + (k_w * dw) // sw)
+    b_offset = ((c_local * len(phases) + phase_idx) * slab_rows + k_h) * pitch + (k_w * dw) // sw
     b_offset = np.ascontiguousarray(b_offset.ravel(), dtype=np.intp)
     stage_pitch = -(-rows * pitch // nr) * nr
     slab_size = max(channels * slab_row, int(b_offset.max()) + stage_pitch)
+    for table in (row_src, col_src, col_inner, b_offset):
+        table.flags.writeable = False  # shared by every call through the cache
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
                     slab_size)
 

@@ -24,6 +24,7 @@ __all__ = [
     "check_choice",
     "check_out",
     "resolve_num_threads",
+    "in_forked_child",
     "MAX_OUTPUT_ELEMENTS",
     "check_output_size",
 ]
@@ -145,13 +146,44 @@ def check_output_size(shape, what):
                          f"({total} elements); check padding, stride and kernel_size")
 
 
+# Fork safety. libgomp's thread pool does not survive fork(): a child whose forking thread had
+# led a parallel region before the fork waits forever for the parent's pool threads, which do
+# not exist in the child. A one-thread team (num_threads=1, or use_threads_if false) never
+# touches the pool, so every call in a forked child runs on one thread. The flag is set by an
+# at-fork hook (os.fork, multiprocessing's "fork"); the pid check also catches forks made
+# from C, which skip Python's hooks. Both are inherited by grandchildren.
+_PID_AT_IMPORT = os.getpid()
+_forked_child = False
+
+
+def _run_serially_after_fork():
+    global _forked_child
+    _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_run_serially_after_fork)
+
+
+def in_forked_child():
+    """True in a process forked from one that had imported fastconv: kernels run serially."""
+    return _forked_child or os.getpid() != _PID_AT_IMPORT
+
+
 def resolve_num_threads(num_threads):
-    """None -> the OpenMP default of the calling thread; an int >= 1 caps the call."""
+    """None -> the OpenMP default of the calling thread; an int >= 1 caps the call.
+
+    Always 1 in a forked child (see ``in_forked_child``); arguments are still checked.
+    """
     if num_threads is None:
-        return max(1, _openmp_helpers.get_max_threads())
+        if in_forked_child():
+            return 1
+        return max(1, min(_openmp_helpers.get_max_threads(), _CPU_COUNT))
     if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (Integral, np.integer)):
         raise TypeError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
     if num_threads < 1:
         raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads}")
+    if in_forked_child():
+        return 1
     # More threads than CPUs only adds contention (and each thread gets scratch memory).
     return min(int(num_threads), _CPU_COUNT)

@@ -281,7 +281,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     x_kernel = v.as_kernel_input(x_nchw, dtype)
     if any(s % dtype.itemsize for s in x_kernel.strides) or not x_kernel.flags.aligned:
         x_kernel = np.ascontiguousarray(x_kernel)
-    nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
+    if n_filters // groups == 1:  # the kernel's one-filter tile
+        nr = _kernels.ROW_NR_FLOAT32 if dtype == np.float32 else _kernels.ROW_NR_FLOAT64
+    else:
+        nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
     layout_plan = _conv_plan.plan(
         n_images=n_images, groups=groups, in_per_group=in_per_group, fblocks=packed_w.shape[1],
         height=height, width=width, out_h=out_h, out_w=out_w, kernel=(kh, kw),
