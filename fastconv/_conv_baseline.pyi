@@ -6,6 +6,8 @@ ISA: str
 MR: int
 NR_FLOAT32: int
 NR_FLOAT64: int
+ROW_NR_FLOAT32: int
+ROW_NR_FLOAT64: int
 
 def conv2d_forward(
     x: npt.NDArray[np.floating],

@@ -1,0 +1,1042 @@
+"""fastconv.conv2d against the NumPy reference, PyTorch's conventions and the spec (issue 2).
+
+Values are checked two ways: random floats within |y - ref| <= c * eps * conv(|x|, |w|) + |b|
+(computed in float64), and small integer-valued floats, which must match exactly because every
+partial sum is representable (a wrong reduction cannot hide inside a tolerance).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_array_equal
+
+import fastconv
+from fastconv.reference import conv2d_reference, conv_padding_reference, result_dtype
+
+DTYPES = [np.float32, np.float64]
+LAYOUTS = ["NCHW", "NHWC"]
+PADDING_MODES = ["zeros", "reflect", "replicate", "circular"]
+# Multiple of the rounding error per term allowed; a fixed-order blocked FMA reduction over
+# a few hundred terms stays far below it, a wrong index or a lost term is far above it.
+TOL_C = 16.0
+
+REFERENCE_KEYS = ("stride", "padding", "dilation", "groups", "padding_mode", "layout",
+                  "activation")
+
+
+def x_shape(n, c, h, w, layout, unbatched=False):
+    shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+    return shape[1:] if unbatched else shape
+
+
+def make_inputs(rng, *, n=2, c=4, h=7, w=8, f=3, kernel=(3, 3), groups=1, layout="NCHW",
+                unbatched=False, dtype=np.float32, integer=False, bias=True):
+    """Random (or small-integer) x, weight, bias for conv2d."""
+    kh, kw = kernel
+    xs = x_shape(n, c, h, w, layout, unbatched)
+    ws = (f, c // groups, kh, kw)
+    if integer:
+        x = rng.integers(-3, 4, size=xs).astype(dtype)
+        weight = rng.integers(-3, 4, size=ws).astype(dtype)
+        b = rng.integers(-4, 5, size=f).astype(dtype) if bias else None
+    else:
+        x = rng.standard_normal(xs).astype(dtype)
+        weight = rng.standard_normal(ws).astype(dtype)
+        b = rng.standard_normal(f).astype(dtype) if bias else None
+    return x, weight, b
+
+
+def conv_bound(x, weight, bias, **kwargs):
+    """conv(|x|, |w|) + |b| in float64: the scale of the rounding error of each output."""
+    kwargs = {k: v for k, v in kwargs.items() if k in REFERENCE_KEYS and k != "activation"}
+    absb = None if bias is None else np.abs(np.asarray(bias, dtype=np.float64))
+    return conv2d_reference(np.abs(np.asarray(x, dtype=np.float64)),
+                            np.abs(np.asarray(weight, dtype=np.float64)), absb, **kwargs)
+
+
+@pytest.fixture
+def check_conv(assert_within_tolerance):
+    """Run conv2d, compare dtype, shape and values with the reference; return the result."""
+
+    def _check(x, weight, bias=None, *, exact=False, c=TOL_C, **kwargs):
+        y = fastconv.conv2d(x, weight, bias, **kwargs)
+        ref_kwargs = {k: v for k, v in kwargs.items() if k in REFERENCE_KEYS}
+        ref = conv2d_reference(x, weight, bias, **ref_kwargs)
+        assert isinstance(y, np.ndarray)
+        assert y.dtype == ref.dtype, (y.dtype, ref.dtype)
+        assert y.shape == ref.shape, (y.shape, ref.shape)
+        if exact:
+            assert_array_equal(y, ref)
+        else:
+            assert_within_tolerance(y, ref, conv_bound(x, weight, bias, **ref_kwargs), c=c)
+        return y
+
+    return _check
+
+
+# --------------------------------------------------------------------------------------------
+# Differential grids
+# --------------------------------------------------------------------------------------------
+
+PADDING_FORMS = [0, 2, (1, 0), (0, 2), (2, 1, 0, 1), (0, 1, 2, 0), "valid", "same"]
+
+
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+@pytest.mark.parametrize("padding", PADDING_FORMS, ids=repr)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("integer", [False, True], ids=["random", "ints"])
+def test_padding_grid(check_conv, rng, integer, dtype, layout, padding, padding_mode):
+    x, w, b = make_inputs(rng, n=2, c=5, h=6, w=7, f=3, layout=layout, dtype=dtype,
+                          integer=integer)
+    check_conv(x, w, b, padding=padding, padding_mode=padding_mode, layout=layout,
+               exact=integer)
+
+
+KERNELS = [(1, 1), (3, 3), (5, 5), (2, 3), (7, 7)]
+STRIDES = [1, 2, 3, (2, 1), (1, 3)]
+DILATIONS = [1, 2, (1, 3)]
+
+
+@pytest.mark.parametrize("padding", [0, "same"], ids=repr)
+@pytest.mark.parametrize("dilation", DILATIONS, ids=repr)
+@pytest.mark.parametrize("stride", STRIDES, ids=repr)
+@pytest.mark.parametrize("kernel", KERNELS, ids=lambda k: f"{k[0]}x{k[1]}")
+@pytest.mark.parametrize("integer", [False, True], ids=["random", "ints"])
+def test_geometry_grid(check_conv, rng, integer, kernel, stride, dilation, padding):
+    dtype = np.float32 if integer else np.float64
+    layout = "NHWC" if (sum(kernel) + len(repr(stride))) % 2 else "NCHW"
+    x, w, b = make_inputs(rng, n=1, c=3, h=15, w=20, f=5, kernel=kernel, layout=layout,
+                          dtype=dtype, integer=integer)
+    check_conv(x, w, b, stride=stride, dilation=dilation, padding=padding, layout=layout,
+               exact=integer)
+
+
+# (C, F, groups): grouped, depthwise (groups == C), depthwise with multiplier, and channel
+# counts around SIMD widths (not multiples of 16, and exact multiples).
+GROUP_CONFIGS = [(6, 4, 2), (6, 9, 3), (5, 5, 5), (4, 8, 4), (18, 6, 1), (17, 19, 1),
+                 (16, 32, 1), (12, 40, 2)]
+
+
+@pytest.mark.parametrize("activation", [None, "relu"], ids=["noact", "relu"])
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("unbatched", [False, True], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cfg", GROUP_CONFIGS, ids=lambda t: "C%d_F%d_g%d" % t)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_groups_grid(check_conv, rng, dtype, cfg, layout, unbatched, bias, activation):
+    c, f, groups = cfg
+    x, w, b = make_inputs(rng, n=2, c=c, h=6, w=5, f=f, groups=groups, layout=layout,
+                          unbatched=unbatched, dtype=dtype, bias=bias)
+    y = check_conv(x, w, b, groups=groups, padding=1, layout=layout, activation=activation)
+    if activation == "relu":
+        assert (y >= 0).all()
+    # the same configuration with small integers must be exact
+    x, w, b = make_inputs(rng, n=2, c=c, h=6, w=5, f=f, groups=groups, layout=layout,
+                          unbatched=unbatched, dtype=dtype, bias=bias, integer=True)
+    check_conv(x, w, b, groups=groups, padding=1, layout=layout, activation=activation,
+               exact=True)
+
+
+def _random_configs(count, seed):
+    """Seeded random configurations over every parameter at once (deterministic in CI)."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    while len(configs) < count:
+        groups = int(rng.choice([1, 1, 2, 3]))
+        depthwise = rng.random() < 0.25
+        cg = 1 if depthwise else int(rng.integers(1, 6))
+        fg = int(rng.integers(1, 6))
+        kh, kw = (int(k) for k in rng.integers(1, 6, 2))
+        stride = tuple(int(s) for s in rng.integers(1, 4, 2))
+        dilation = tuple(int(d) for d in rng.integers(1, 3, 2))
+        h, w = (int(s) for s in rng.integers(3, 12, 2))
+        mode = str(rng.choice(PADDING_MODES))
+        form = int(rng.integers(0, 5))
+        padding = [int(rng.integers(0, 3)), tuple(int(p) for p in rng.integers(0, 3, 2)),
+                   tuple(int(p) for p in rng.integers(0, 3, 4)), "valid", "same"][form]
+        pads = conv_padding_reference(padding, (h, w), (kh, kw), stride, dilation)
+        if mode == "reflect" and (max(pads[:2]) >= h or max(pads[2:]) >= w):
+            continue
+        if mode == "circular" and (max(pads[:2]) > h or max(pads[2:]) > w):
+            continue
+        if (h + pads[0] + pads[1] < dilation[0] * (kh - 1) + 1
+                or w + pads[2] + pads[3] < dilation[1] * (kw - 1) + 1):
+            continue
+        configs.append(dict(
+            n=int(rng.integers(1, 3)), c=groups * cg, f=groups * fg, h=h, w=w, kernel=(kh, kw),
+            groups=groups, stride=stride if stride[0] != stride[1] else stride[0],
+            dilation=dilation, padding=padding, padding_mode=mode,
+            layout=str(rng.choice(LAYOUTS)), unbatched=bool(rng.random() < 0.2),
+            bias=bool(rng.random() < 0.7), activation=None if rng.random() < 0.7 else "relu",
+            dtype=[np.float32, np.float64][int(rng.integers(0, 2))],
+            integer=bool(rng.random() < 0.5)))
+    return configs
+
+
+def _config_id(cfg):
+    return "-".join(f"{k}={v if not isinstance(v, type) else v.__name__}"
+                    for k, v in cfg.items()).replace(" ", "")
+
+
+@pytest.mark.parametrize("cfg", _random_configs(150, seed=7), ids=_config_id)
+def test_mixed_configs(check_conv, rng, cfg):
+    cfg = dict(cfg)
+    make = {k: cfg.pop(k) for k in ("n", "c", "f", "h", "w", "kernel", "unbatched", "bias",
+                                    "dtype", "integer")}
+    x, w, b = make_inputs(rng, groups=cfg["groups"], layout=cfg["layout"], **make)
+    check_conv(x, w, b, exact=make["integer"], **cfg)
+
+
+# Larger layers that reach the blocked / packed / parallel paths of the kernel.
+LARGER = [
+    dict(n=2, c=3, h=32, w=32, f=64, kernel=(3, 3), padding="same"),  # seed layer, small
+    dict(n=1, c=20, h=19, w=21, f=40, kernel=(3, 3), padding=1),
+    dict(n=2, c=33, h=12, w=13, f=17, kernel=(1, 1), padding=0),
+    dict(n=1, c=16, h=17, w=18, f=48, kernel=(5, 5), padding=2, stride=2),
+    dict(n=1, c=8, h=24, w=23, f=24, kernel=(3, 3), padding=1, groups=2),
+    dict(n=1, c=32, h=16, w=15, f=32, kernel=(3, 3), padding=1, groups=32),
+    dict(n=1, c=7, h=30, w=31, f=70, kernel=(7, 7), padding=3, stride=2),
+    dict(n=3, c=64, h=7, w=7, f=128, kernel=(3, 3), padding=1),
+    dict(n=1, c=128, h=9, w=9, f=20, kernel=(1, 1), padding=0, stride=2),
+    dict(n=1, c=4, h=40, w=9, f=9, kernel=(2, 3), padding=(0, 1, 2, 0), dilation=(2, 1)),
+    dict(n=1, c=96, h=6, w=7, f=33, kernel=(3, 3), padding=1, activation="relu"),  # depth 864
+    dict(n=2, c=300, h=5, w=5, f=10, kernel=(1, 1), padding=0, activation="relu"),
+    dict(n=1, c=40, h=8, w=8, f=24, kernel=(5, 5), padding=2, groups=4, activation="relu"),
+]
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("cfg", LARGER, ids=lambda c: "C%(c)d_F%(f)d_%(h)dx%(w)d" % c)
+def test_larger_layers(check_conv, rng, cfg, dtype, layout, padding_mode):
+    cfg = dict(cfg)
+    make = {k: cfg.pop(k) for k in ("n", "c", "f", "h", "w", "kernel")}
+    x, w, b = make_inputs(rng, groups=cfg.get("groups", 1), layout=layout, dtype=dtype,
+                          integer=True, **make)
+    check_conv(x, w, b, layout=layout, padding_mode=padding_mode, exact=True, **cfg)
+    x, w, b = make_inputs(rng, groups=cfg.get("groups", 1), layout=layout, dtype=dtype, **make)
+    check_conv(x, w, b, layout=layout, padding_mode=padding_mode, **cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Randomised differential test (hypothesis)
+# --------------------------------------------------------------------------------------------
+
+@st.composite
+def conv_problems(draw):
+    groups = draw(st.integers(1, 3))
+    cg = draw(st.sampled_from([1, 1, 2, 3, 5]))
+    fg = draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    mode = draw(st.sampled_from(PADDING_MODES))
+    form = draw(st.sampled_from(["int", "pair", "quad", "valid", "same"]))
+    if form == "int":
+        p = draw(st.integers(0, 3))
+        padding, pads = p, (p, p, p, p)
+    elif form == "pair":
+        ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+        padding, pads = (ph, pw), (ph, ph, pw, pw)
+    elif form == "quad":
+        padding = pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    else:
+        padding, pads = form, (0, 0, 0, 0)
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    # smallest input that fits the kernel (and the padding mode's own rule)
+    lo_h = max(1, ext_h - pads[0] - pads[1])
+    lo_w = max(1, ext_w - pads[2] - pads[3])
+    if mode == "reflect":
+        lo_h, lo_w = max(lo_h, max(pads[:2]) + 1), max(lo_w, max(pads[2:]) + 1)
+    elif mode == "circular":
+        lo_h, lo_w = max(lo_h, max(pads[:2])), max(lo_w, max(pads[2:]))
+    h = draw(st.integers(lo_h, lo_h + 6))
+    w = draw(st.integers(lo_w, lo_w + 6))
+    if form == "same":
+        top, bottom, left, right = conv_padding_reference("same", (h, w), (kh, kw), (sh, sw),
+                                                          (dh, dw))
+        if mode == "reflect":
+            assume(max(top, bottom) < h and max(left, right) < w)
+        if mode == "circular":
+            assume(max(top, bottom) <= h and max(left, right) <= w)
+    stride = draw(st.sampled_from([(sh, sw), [sh, sw]])) if sh != sw else draw(
+        st.sampled_from([sh, (sh, sh)]))
+    dilation = (dh, dw) if dh != dw else draw(st.sampled_from([dh, (dh, dh)]))
+    return dict(
+        n=draw(st.sampled_from([0, 1, 1, 2, 3])), c=groups * cg, f=groups * fg, h=h, w=w,
+        kernel=(kh, kw), groups=groups, stride=stride, dilation=dilation, padding=padding,
+        padding_mode=mode, layout=draw(st.sampled_from(LAYOUTS)), unbatched=draw(st.booleans()),
+        bias=draw(st.booleans()), activation=draw(st.sampled_from([None, "relu"])),
+        dtype=draw(st.sampled_from(DTYPES)), integer=draw(st.booleans()))
+
+
+@settings(max_examples=250, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(cfg=conv_problems(), seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_differential(check_conv, cfg, seed):
+    rng = np.random.default_rng(seed)
+    make = {k: cfg.pop(k) for k in ("n", "c", "f", "h", "w", "kernel", "unbatched", "bias",
+                                    "dtype", "integer")}
+    if make["unbatched"]:
+        make["n"] = 1
+    x, w, b = make_inputs(rng, groups=cfg["groups"], layout=cfg["layout"], **make)
+    check_conv(x, w, b, exact=make["integer"], **cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Edge shapes
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_seed_two_filters(layout, unbatched):
+    """The seed's PyTorch example: one 4x4 image, two 2x2 filters, zero bias."""
+    image = np.arange(1, 17, dtype=np.float32).reshape(4, 4)
+    weight = np.array([[[[1, 1], [-1, -1]]], [[[0, 1], [1, 0]]]], dtype=np.float32)
+    x = image[None] if layout == "NCHW" else image[:, :, None]
+    if not unbatched:
+        x = x[None]
+    y = fastconv.conv2d(x, weight, np.zeros(2, np.float32), layout=layout)
+    maps = y if unbatched else y[0]
+    if layout == "NHWC":
+        maps = np.moveaxis(maps, -1, 0)
+    assert maps.shape == (2, 3, 3)
+    assert_array_equal(maps[0], np.full((3, 3), -8.0))
+    assert_array_equal(maps[1], [[7, 9, 11], [15, 17, 19], [23, 25, 27]])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("padding", [0, "same", (1, 2, 0, 1)], ids=repr)
+def test_empty_batch(layout, padding):
+    x = np.zeros(x_shape(0, 4, 6, 7, layout), np.float32)
+    w = np.ones((6, 2, 3, 3), np.float32)
+    y = fastconv.conv2d(x, w, np.ones(6, np.float32), padding=padding, groups=2, layout=layout)
+    ref = conv2d_reference(np.zeros(x_shape(1, 4, 6, 7, layout)), w, padding=padding, groups=2,
+                           layout=layout)
+    assert y.shape == (0,) + ref.shape[1:]
+    assert y.dtype == np.float32
+    out = np.empty_like(y)
+    assert fastconv.conv2d(x, w, padding=padding, groups=2, layout=layout, out=out) is out
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [3, 4, (5, 3), (0, 6, 4, 0)], ids=repr)
+def test_padding_at_least_kernel(check_conv, rng, padding, padding_mode):
+    x, w, b = make_inputs(rng, n=2, c=3, h=6, w=6, f=4, integer=True)
+    check_conv(x, w, b, padding=padding, padding_mode=padding_mode, exact=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_padding_only_windows_give_bias(layout):
+    """With zero padding wider than the kernel, border outputs see only padding: exactly bias."""
+    x = np.ones(x_shape(1, 2, 3, 3, layout), np.float64)
+    w = np.ones((3, 2, 2, 2))
+    b = np.array([0.5, -1.0, 2.0])
+    y = fastconv.conv2d(x, w, b, padding=4, layout=layout)
+    if layout == "NHWC":
+        y = np.moveaxis(y, -1, 1)
+    assert y.shape == (1, 3, 10, 10)
+    for f in range(3):
+        assert_array_equal(y[0, f, 0, :], b[f])
+        assert_array_equal(y[0, f, :, -1], b[f])
+    assert_array_equal(y[0, :, 4, 4], 8 + b)
+
+
+def test_reflect_largest_padding(check_conv, rng):
+    # reflect allows padding up to size - 1 (PyTorch's rule)
+    x, w, b = make_inputs(rng, n=1, c=2, h=4, w=3, f=2, integer=True)
+    check_conv(x, w, b, padding=(3, 2), padding_mode="reflect", exact=True)
+
+
+def test_circular_padding_equal_to_size(check_conv, rng):
+    x, w, b = make_inputs(rng, n=1, c=2, h=4, w=3, f=2, integer=True)
+    check_conv(x, w, b, padding=(4, 3), padding_mode="circular", exact=True)
+
+
+@pytest.mark.parametrize("padding", [0, 1, (0, 2, 1, 0)], ids=repr)
+def test_kernel_equals_padded_input(check_conv, rng, padding):
+    top, bottom, left, right = conv_padding_reference(padding, (3, 4), (1, 1))
+    kernel = (3 + top + bottom, 4 + left + right)
+    x, w, b = make_inputs(rng, n=2, c=3, h=3, w=4, f=5, kernel=kernel, integer=True)
+    y = check_conv(x, w, b, padding=padding, exact=True)
+    assert y.shape == (2, 5, 1, 1)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 4, 5, (3, 2)], ids=repr)
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (6, 6), (7, 4)], ids=repr)
+@pytest.mark.parametrize("kernel", [(1, 1), (2, 2), (3, 3), (4, 1)], ids=repr)
+def test_same_padding_output_size(check_conv, rng, size, stride, kernel):
+    """'same' gives ceil(H / stride) with the odd pixel at the bottom/right (SAME_UPPER)."""
+    h, w = size
+    x, wt, b = make_inputs(rng, n=1, c=2, h=h, w=w, f=3, kernel=kernel, integer=True)
+    y = check_conv(x, wt, b, stride=stride, padding="same", exact=True)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    assert y.shape[2:] == (-(-h // sh), -(-w // sw))
+
+
+def test_same_padding_even_kernel_pads_bottom_right():
+    """A 2x2 box filter with 'same' on ones: the last row/column sees the zero padding."""
+    x = np.ones((1, 1, 3, 3))
+    y = fastconv.conv2d(x, np.ones((1, 1, 2, 2)), padding="same")
+    assert_array_equal(y[0, 0], [[4, 4, 2], [4, 4, 2], [2, 2, 1]])
+
+
+def test_valid_padding_is_zero(rng):
+    x, w, b = make_inputs(rng, integer=True)
+    assert_array_equal(fastconv.conv2d(x, w, b, padding="valid"), fastconv.conv2d(x, w, b))
+
+
+def test_nan_propagates_only_to_windows_that_see_it():
+    x = np.zeros((1, 1, 8, 9))
+    x[0, 0, 3, 5] = np.nan
+    w = np.ones((2, 1, 3, 2))
+    y = fastconv.conv2d(x, w, padding=1)
+    mask = conv2d_reference(np.isnan(x).astype(np.float64), w, padding=1) > 0
+    assert_array_equal(np.isnan(y), mask)
+    assert_array_equal(y[~mask], 0.0)
+
+
+def test_relu_activation_after_bias():
+    x = np.ones((1, 1, 3, 3))
+    w = np.ones((2, 1, 1, 1))
+    y = fastconv.conv2d(x, w, np.array([-2.0, 0.5]), activation="relu")
+    assert_array_equal(y[0, 0], 0.0)
+    assert_array_equal(y[0, 1], 1.5)
+
+
+def test_relu_activation_keeps_nan():
+    x = np.full((1, 1, 2, 2), np.nan)
+    y = fastconv.conv2d(x, np.ones((1, 1, 1, 1)), activation="relu")
+    assert np.isnan(y).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Unusual memory, inputs left untouched
+# --------------------------------------------------------------------------------------------
+
+VARIANT_NAMES = ["nan_twin", "nan_twin_last_axis", "nan_twin_reversed", "fortran",
+                 "permuted_axes", "negative_strides", "readonly", "byteswapped", "nested_list"]
+
+
+@pytest.mark.parametrize("variant, which", [
+    (variant, which) for variant in VARIANT_NAMES for which in ("x", "weight", "bias")
+    if not (which == "bias" and variant == "permuted_axes")])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_unusual_memory_inputs(rng, input_variants, layout, variant, which):
+    x, w, b = make_inputs(rng, n=2, c=4, h=6, w=7, f=6, groups=2, layout=layout,
+                          dtype=np.float64, integer=True)
+    ref = conv2d_reference(x, w, b, padding=1, groups=2, layout=layout)
+    args = {"x": x, "weight": w, "bias": b}
+    args[which] = input_variants(args[which])[variant]
+    y = fastconv.conv2d(args["x"], args["weight"], args["bias"], padding=1, groups=2,
+                        layout=layout)
+    assert y.dtype == np.float64
+    assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["strided", "reversed"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_nan_twins_everywhere_and_untouched(rng, nan_twin, dtype, layout, reverse):
+    """All three inputs interleaved with NaN at once, larger layer; nothing written back."""
+    x, w, b = make_inputs(rng, n=2, c=8, h=12, w=11, f=20, layout=layout, dtype=dtype,
+                          integer=True)
+    ref = conv2d_reference(x, w, b, padding=(1, 2), stride=(1, 2), layout=layout)
+    views, bases = zip(*(nan_twin(a, reverse=reverse) for a in (x, w, b)))
+    before = [base.copy() for base in bases]
+    y = fastconv.conv2d(*views, padding=(1, 2), stride=(1, 2), layout=layout)
+    assert_array_equal(y, ref)
+    for base, copy in zip(bases, before):
+        assert_array_equal(base, copy)
+
+
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+def test_inputs_not_modified(rng, padding_mode):
+    x, w, b = make_inputs(rng, n=2, c=4, h=6, w=7, f=4, groups=2)
+    copies = [a.copy() for a in (x, w, b)]
+    fastconv.conv2d(x, w, b, padding=2, groups=2, padding_mode=padding_mode,
+                    activation="relu")
+    for a, copy in zip((x, w, b), copies):
+        assert_array_equal(a, copy)
+
+
+def test_nested_lists_everywhere():
+    x = [[[[1, 2, 3], [4, 5, 6], [7, 8, 9]]]]
+    y = fastconv.conv2d(x, [[[[1, 0], [0, -1]]]], [0.5])
+    assert y.dtype == np.float64
+    assert_array_equal(y, [[[[-3.5, -3.5], [-3.5, -3.5]]]])
+
+
+def test_zero_stride_inputs(rng):
+    """Broadcast (zero-stride, read-only) views are ordinary inputs."""
+    image = rng.integers(-3, 4, size=(1, 3, 6, 7)).astype(np.float32)
+    x = np.broadcast_to(image, (4, 3, 6, 7))
+    w = np.broadcast_to(rng.integers(-3, 4, size=(1, 3, 3, 3)).astype(np.float32),
+                        (5, 3, 3, 3))
+    b = np.broadcast_to(np.float32(1.5), (5,))
+    y = fastconv.conv2d(x, w, b, padding=1)
+    assert_array_equal(y, conv2d_reference(np.array(x), np.array(w), np.array(b), padding=1))
+
+
+def test_infinity_reaches_only_its_windows():
+    x = np.ones((1, 1, 6, 6), np.float32)
+    x[0, 0, 0, 0] = np.inf
+    y = fastconv.conv2d(x, np.ones((1, 1, 2, 2), np.float32), padding=1)
+    assert np.isposinf(y[0, 0, :2, :2]).all()
+    y[0, 0, :2, :2] = 0
+    assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("padding_mode, rows", [("zeros", [None, 0, None]),
+                                                ("replicate", [0, 0, 1])])
+def test_huge_padding_and_stride_small_output(padding_mode, rows):
+    """Index arithmetic past 2**31 with a tiny result: padding 2**31 and stride 2**31 pick
+    the rows -2**31, 0 and 2**31 of a 2-row image."""
+    x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    try:
+        y = fastconv.conv2d(x, np.ones((1, 1, 1, 1)), stride=(2**31, 1), padding=(2**31, 0),
+                            padding_mode=padding_mode)
+    except ValueError as exc:  # refusing such geometry is acceptable, crashing is not
+        assert re.search("(?i)padding|stride|large", str(exc)), str(exc)
+        return
+    expected = np.array([[0.0, 0.0] if r is None else x[0, 0, r] for r in rows])
+    assert_array_equal(y[0, 0], expected)
+
+
+def test_zero_input_channels():
+    """C = 0 (weight (F, 0, KH, KW)): the bias alone, or a ValueError."""
+    x = np.zeros((2, 0, 5, 5))
+    w = np.zeros((3, 0, 3, 3))
+    b = np.array([1.0, -2.0, 3.0])
+    try:
+        y = fastconv.conv2d(x, w, b, activation="relu")
+    except ValueError:
+        return
+    assert y.shape == (2, 3, 3, 3)
+    assert_array_equal(y, np.broadcast_to(np.maximum(b, 0)[None, :, None, None], y.shape))
+
+
+# --------------------------------------------------------------------------------------------
+# dtype rules
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("x_dtype, w_dtype, expected", [
+    (np.float32, np.float32, np.float32),
+    (np.float64, np.float64, np.float64),
+    (np.float32, np.float64, np.float64),
+    (np.float64, np.float32, np.float64),
+    (np.float16, np.float16, np.float32),
+    (np.float16, np.float32, np.float32),
+    (np.float16, np.float64, np.float64),
+    (np.uint8, np.float32, np.float32),
+    (np.int8, np.float32, np.float32),
+    (np.int16, np.float32, np.float32),
+    (np.int32, np.float32, np.float64),
+    (np.int64, np.int64, np.float64),
+    (np.uint8, np.uint8, np.float64),
+    (np.int32, np.int32, np.float64),
+    (np.bool_, np.bool_, np.float64),
+    (np.bool_, np.float32, np.float32),
+    (np.uint16, np.float16, np.float32),
+    (np.dtype(">f4"), np.dtype(">f8"), np.float64),
+    (np.dtype(">f4"), np.float32, np.float32),
+], ids=lambda d: np.dtype(d).str)
+def test_dtype_rules(rng, x_dtype, w_dtype, expected):
+    x = rng.integers(0, 2 if x_dtype == np.bool_ else 5, size=(2, 3, 5, 5)).astype(x_dtype)
+    w = rng.integers(0, 2 if w_dtype == np.bool_ else 3, size=(4, 3, 3, 3)).astype(w_dtype)
+    y = fastconv.conv2d(x, w, padding=1)
+    assert y.dtype == np.dtype(expected)
+    assert y.dtype.isnative
+    assert result_dtype(x, w) == np.dtype(expected)  # the reference agrees with the spec
+    assert_array_equal(y, conv2d_reference(x.astype(np.float64), w.astype(np.float64),
+                                           padding=1))
+
+
+def test_float16_computes_in_float32(rng, assert_within_tolerance):
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float16)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float16)
+    y = fastconv.conv2d(x, w, padding=1)
+    assert y.dtype == np.float32
+    ref = conv2d_reference(x.astype(np.float64), w.astype(np.float64), padding=1)
+    # float32 rounding, not float16 rounding
+    assert_within_tolerance(y, ref, conv_bound(x, w, None, padding=1), c=TOL_C)
+
+
+@pytest.mark.parametrize("which", ["x", "weight", "bias"])
+@pytest.mark.parametrize("bad", ["complex128", "complex64", "object", "str", "bytes",
+                                 "datetime64[s]", "timedelta64[s]"])
+def test_unsupported_dtypes(which, bad):
+    shapes = {"x": (1, 2, 4, 4), "weight": (3, 2, 3, 3), "bias": (3,)}
+    args = {name: np.ones(shape) for name, shape in shapes.items()}
+    dtype = {"str": "U3", "bytes": "S3"}.get(bad, bad)
+    args[which] = np.zeros(shapes[which], dtype=dtype)
+    with pytest.raises(TypeError, match=rf"\b{which}\b"):
+        fastconv.conv2d(args["x"], args["weight"], args["bias"])
+
+
+def test_longdouble_refused_or_float64():
+    """float128 is not in the spec: a TypeError, or a computation in float64."""
+    x = np.ones((1, 1, 4, 4), np.longdouble)
+    if np.dtype(np.longdouble).itemsize <= 8:
+        pytest.skip("longdouble is float64 here")
+    try:
+        y = fastconv.conv2d(x, np.ones((1, 1, 3, 3)))
+    except TypeError as exc:
+        assert re.search(r"\bx\b", str(exc)), str(exc)
+        return
+    assert y.dtype == np.float64
+    assert_array_equal(y, 9.0)
+
+
+# --------------------------------------------------------------------------------------------
+# out=
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_out_filled_and_returned(rng, dtype, layout, unbatched):
+    x, w, b = make_inputs(rng, n=2, c=4, h=6, w=7, f=5, layout=layout, unbatched=unbatched,
+                          dtype=dtype, integer=True)
+    ref = conv2d_reference(x, w, b, padding=1, stride=(2, 1), layout=layout, activation="relu")
+    out = np.full(ref.shape, np.nan, dtype=dtype)
+    y = fastconv.conv2d(x, w, b, padding=1, stride=(2, 1), layout=layout, activation="relu",
+                        out=out)
+    assert y is out
+    assert_array_equal(out, ref)
+
+
+def _out_case(rng):
+    x, w, b = make_inputs(rng, n=2, c=4, h=6, w=7, f=5, dtype=np.float32)
+    shape = conv2d_reference(x, w, b, padding=1).shape
+    return x, w, b, shape
+
+
+@pytest.mark.parametrize("kind", ["shape", "dtype", "noncontiguous", "fortran", "readonly",
+                                  "unbatched_shape", "nhwc_shape", "byteswapped"])
+def test_out_rejected(rng, kind):
+    x, w, b, shape = _out_case(rng)
+    if kind == "shape":
+        out = np.empty((2, 5, 6, 6), np.float32)
+    elif kind == "dtype":
+        out = np.empty(shape, np.float64)
+    elif kind == "noncontiguous":
+        out = np.empty(shape[:-1] + (2 * shape[-1],), np.float32)[..., ::2]
+    elif kind == "fortran":
+        out = np.empty(shape, np.float32, order="F")
+    elif kind == "readonly":
+        out = np.empty(shape, np.float32)
+        out.flags.writeable = False
+    elif kind == "unbatched_shape":
+        out = np.empty(shape[1:], np.float32)
+    elif kind == "nhwc_shape":
+        out = np.empty((2, 6, 7, 5), np.float32)
+    else:
+        out = np.empty(shape, np.dtype(">f4"))
+    with pytest.raises(ValueError, match="(?i)out"):
+        fastconv.conv2d(x, w, b, padding=1, out=out)
+
+
+def test_out_not_an_array(rng):
+    x, w, b, shape = _out_case(rng)
+    with pytest.raises((TypeError, ValueError), match="(?i)out"):
+        fastconv.conv2d(x, w, b, padding=1, out=np.zeros(shape).tolist())
+
+
+@pytest.mark.parametrize("target", ["x", "weight", "bias"])
+def test_out_overlapping_an_input(target):
+    """out sharing memory with an input: refused (ValueError) or the correct result."""
+    rng = np.random.default_rng(3)
+    # same-shaped output, so x itself (or a view on the weight/bias buffer) can be `out`
+    buf = rng.integers(-3, 4, size=64 + 16 + 4).astype(np.float64)
+    x = buf[:64].reshape(1, 4, 4, 4)
+    w = buf[64:80].reshape(4, 4, 1, 1)
+    b = buf[80:84]
+    if target == "x":
+        out = x
+    elif target == "weight":
+        out = buf[16:80].reshape(1, 4, 4, 4)  # overlaps x and the weight
+    else:
+        out = buf[20:84].reshape(1, 4, 4, 4)  # overlaps x, weight and bias
+    ref = conv2d_reference(x.copy(), w.copy(), b.copy())
+    try:
+        y = fastconv.conv2d(x, w, b, out=out)
+    except ValueError as exc:
+        assert re.search("(?i)out", str(exc)), str(exc)
+        return
+    assert y is out
+    assert_array_equal(y, ref)
+
+
+def test_out_overlapping_3x3_in_place():
+    rng = np.random.default_rng(4)
+    x = rng.integers(-3, 4, size=(1, 2, 5, 5)).astype(np.float64)
+    w = rng.integers(-3, 4, size=(2, 2, 3, 3)).astype(np.float64)
+    ref = conv2d_reference(x, w, padding=1)
+    try:
+        y = fastconv.conv2d(x, w, padding=1, out=x)
+    except ValueError as exc:
+        assert re.search("(?i)out", str(exc)), str(exc)
+        return
+    assert_array_equal(y, ref)
+
+
+# --------------------------------------------------------------------------------------------
+# Threads
+# --------------------------------------------------------------------------------------------
+
+THREAD_LAYERS = [
+    dict(n=2, c=8, h=32, w=32, f=24, kernel=(3, 3), padding=1),
+    dict(n=2, c=8, h=32, w=32, f=24, kernel=(3, 3), padding=1, groups=2, layout="NHWC"),
+    dict(n=1, c=16, h=32, w=30, f=16, kernel=(3, 3), padding="same", groups=16),
+    dict(n=1, c=16, h=32, w=30, f=16, kernel=(5, 5), padding=2, groups=16, layout="NHWC"),
+    dict(n=3, c=3, h=33, w=31, f=40, kernel=(5, 3), padding="same", stride=2,
+         padding_mode="reflect"),
+    dict(n=1, c=64, h=20, w=20, f=64, kernel=(1, 1), padding=0, layout="NHWC"),
+    dict(n=1, c=8, h=40, w=40, f=24, kernel=(3, 3), padding=1, unbatched=True),
+    dict(n=64, c=3, h=8, w=9, f=5, kernel=(3, 3), padding=1, activation="relu"),
+    dict(n=1, c=300, h=12, w=12, f=40, kernel=(1, 1), padding=0, layout="NHWC"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("cfg", THREAD_LAYERS, ids=lambda c: "C%(c)d_F%(f)d_%(h)dx%(w)d" % c
+                         + ("_" + c.get("layout", "NCHW")) + ("_g%d" % c.get("groups", 1)))
+def test_thread_count_invariance(rng, check_conv, cfg, dtype):
+    cfg = dict(cfg)
+    make = {k: cfg.pop(k) for k in ("n", "c", "f", "h", "w", "kernel")}
+    unbatched = cfg.pop("unbatched", False)
+    x, w, b = make_inputs(rng, groups=cfg.get("groups", 1), layout=cfg.get("layout", "NCHW"),
+                          unbatched=unbatched, dtype=dtype, **make)
+    y1 = check_conv(x, w, b, num_threads=1, **cfg)
+    for threads in (2, 4, None):
+        assert_array_equal(fastconv.conv2d(x, w, b, num_threads=threads, **cfg), y1)
+
+
+def test_threadpoolctl_limit(rng):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x, w, b = make_inputs(rng, n=2, c=8, h=32, w=32, f=24)
+    expected = fastconv.conv2d(x, w, b, padding=1, num_threads=2)
+    with threadpoolctl.threadpool_limits(limits=1):
+        assert_array_equal(fastconv.conv2d(x, w, b, padding=1), expected)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert_array_equal(fastconv.conv2d(x, w, b, padding=1, num_threads=2), expected)
+    assert_array_equal(fastconv.conv2d(x, w, b, padding=1), expected)
+
+
+def test_concurrent_calls_from_python_threads(rng):
+    """The kernels release the GIL: calls from several Python threads at once must not share
+    scratch memory or results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    problems = []
+    for i in range(8):
+        layout = LAYOUTS[i % 2]
+        x, w, b = make_inputs(rng, n=2, c=6, h=20 + i, w=18, f=12, groups=1 + i % 2 * 2,
+                              layout=layout, dtype=DTYPES[i // 4], integer=True)
+        problems.append((x, w, b, dict(padding=1, groups=1 + i % 2 * 2, layout=layout)))
+    expected = [conv2d_reference(x, w, b, **kw) for x, w, b, kw in problems]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            results = list(pool.map(lambda p: fastconv.conv2d(p[0], p[1], p[2], **p[3]),
+                                    problems))
+            for y, ref in zip(results, expected):
+                assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize("num_threads", [0, -1, -8])
+def test_num_threads_below_one(num_threads):
+    with pytest.raises(ValueError, match="num_threads"):
+        fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), num_threads=num_threads)
+
+
+@pytest.mark.parametrize("num_threads", [1.5, "2", True])
+def test_num_threads_not_an_int(num_threads):
+    with pytest.raises((TypeError, ValueError), match="num_threads"):
+        fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), num_threads=num_threads)
+
+
+_HUGE_THREADS_SCRIPT = """
+import sys
+import numpy as np
+import fastconv
+x = np.random.default_rng(0).random((2, 8, 32, 32)).astype(np.float32)
+w = np.random.default_rng(1).random((24, 8, 3, 3)).astype(np.float32)
+try:
+    threads = None if sys.argv[1] == "None" else int(sys.argv[1])
+    y = fastconv.conv2d(x, w, padding=1, num_threads=threads)
+except ValueError as exc:
+    print("ValueError" if "num_threads" in str(exc) else "ValueError without num_threads")
+else:
+    same = np.array_equal(y, fastconv.conv2d(x, w, padding=1, num_threads=1))
+    print("ok" if same else "mismatch")
+"""
+
+
+@pytest.mark.parametrize("num_threads, omp_env", [(10**5, None), (2**31, None), (2**63, None),
+                                                  (None, "100000")],
+                         ids=["1e5", "2**31", "2**63", "OMP_NUM_THREADS=1e5"])
+def test_huge_num_threads_no_crash(num_threads, omp_env):
+    """An absurd thread count (argument or OMP_NUM_THREADS) is capped or refused with a
+    ValueError; it must not crash the interpreter (run in a subprocess so a crash fails this
+    test instead of the whole run)."""
+    env = dict(os.environ)
+    if omp_env is not None:
+        env["OMP_NUM_THREADS"] = omp_env
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    proc = subprocess.run([sys.executable, "-c", _HUGE_THREADS_SCRIPT, str(num_threads)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() in ("ok", "ValueError"), proc.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: type, and a message that names the parameter (and the values)
+# --------------------------------------------------------------------------------------------
+
+X = np.zeros((1, 4, 6, 7), np.float32)
+W = np.zeros((2, 4, 3, 3), np.float32)
+ANY = (ValueError, TypeError)
+
+# (id, overrides of conv2d's arguments, exception, regexes that must all match the message)
+ERROR_CASES = [
+    ("x_2d", dict(x=np.zeros((6, 7))), ValueError, [r"\bx\b"]),
+    ("x_5d", dict(x=np.zeros((1, 1, 4, 6, 7))), ValueError, [r"\bx\b"]),
+    ("x_1d", dict(x=np.zeros(7)), ValueError, [r"\bx\b"]),
+    ("x_0d", dict(x=np.float32(1.0)), ValueError, [r"\bx\b"]),
+    ("weight_3d", dict(weight=np.zeros((4, 3, 3))), ValueError, [r"weight"]),
+    ("weight_5d", dict(weight=np.zeros((2, 4, 3, 3, 1))), ValueError, [r"weight"]),
+    ("channel_mismatch", dict(weight=np.zeros((2, 3, 3, 3))), ValueError,
+     [r"channel|weight", r"\b4\b", r"\b3\b"]),
+    ("channel_mismatch_nhwc", dict(x=np.zeros((1, 6, 7, 5)), layout="NHWC"), ValueError,
+     [r"channel|weight", r"\b5\b"]),
+    ("channel_mismatch_groups", dict(weight=np.zeros((2, 4, 3, 3)), groups=2), ValueError,
+     [r"channel|weight|groups"]),
+    ("filters_not_divisible", dict(weight=np.zeros((3, 2, 3, 3)), groups=2), ValueError,
+     [r"groups", r"\b3\b"]),
+    ("channels_not_divisible", dict(x=np.zeros((1, 5, 6, 7)), weight=np.zeros((2, 2, 3, 3)),
+                                    groups=2), ValueError, [r"groups|channel", r"\b5\b"]),
+    ("groups_exceed_channels", dict(weight=np.zeros((8, 0, 3, 3)), groups=8), ValueError,
+     [r"groups|channel|weight"]),
+    ("kernel_larger_than_padded", dict(x=np.zeros((1, 4, 4, 5)), weight=np.zeros((2, 4, 7, 3)),
+                                       padding=1), ValueError, [r"(?i)kernel", r"\b6\b", r"\b7\b"]),
+    ("kernel_larger_no_padding", dict(x=np.zeros((1, 4, 2, 2))), ValueError,
+     [r"(?i)kernel", r"\b2\b", r"\b3\b"]),
+    ("dilated_kernel_larger", dict(dilation=3), ValueError, [r"(?i)kernel|dilation"]),
+    ("kernel_larger_nhwc", dict(x=np.zeros((1, 2, 9, 4)), layout="NHWC"), ValueError,
+     [r"(?i)kernel"]),
+    ("kernel_zero", dict(weight=np.zeros((2, 4, 0, 3))), ValueError, [r"(?i)kernel|weight"]),
+    ("stride_zero", dict(stride=0), ValueError, [r"stride"]),
+    ("stride_negative", dict(stride=-1), ValueError, [r"stride"]),
+    ("stride_pair_zero", dict(stride=(1, 0)), ValueError, [r"stride"]),
+    ("stride_triple", dict(stride=(1, 1, 1)), ValueError, [r"stride"]),
+    ("stride_float", dict(stride=1.5), ANY, [r"stride"]),
+    ("stride_pair_float", dict(stride=(2, 2.0)), ANY, [r"stride"]),
+    ("stride_bool", dict(stride=True), ANY, [r"stride"]),
+    ("stride_str", dict(stride="2"), ANY, [r"stride"]),
+    ("stride_none", dict(stride=None), ANY, [r"stride"]),
+    ("dilation_zero", dict(dilation=0), ValueError, [r"dilation"]),
+    ("dilation_pair_negative", dict(dilation=(1, -2)), ValueError, [r"dilation"]),
+    ("dilation_empty", dict(dilation=()), ValueError, [r"dilation"]),
+    ("dilation_float", dict(dilation=1.0), ANY, [r"dilation"]),
+    ("groups_zero", dict(groups=0), ValueError, [r"groups"]),
+    ("groups_negative", dict(groups=-2), ValueError, [r"groups"]),
+    ("groups_float", dict(groups=1.0), ANY, [r"groups"]),
+    ("groups_bool", dict(groups=True), ANY, [r"groups"]),
+    ("padding_negative", dict(padding=-1), ValueError, [r"padding"]),
+    ("padding_pair_negative", dict(padding=(1, -1)), ValueError, [r"padding"]),
+    ("padding_quad_negative", dict(padding=(0, 0, 0, -1)), ValueError, [r"padding"]),
+    ("padding_len1", dict(padding=(1,)), ValueError, [r"padding"]),
+    ("padding_len3", dict(padding=(1, 1, 1)), ValueError, [r"padding"]),
+    ("padding_len5", dict(padding=(1, 1, 1, 1, 1)), ValueError, [r"padding"]),
+    ("padding_float", dict(padding=1.5), ANY, [r"padding"]),
+    ("padding_pair_float", dict(padding=(1.0, 1)), ANY, [r"padding"]),
+    ("padding_quad_float", dict(padding=(1, 1, 0.5, 1)), ANY, [r"padding"]),
+    ("padding_bool", dict(padding=True), ANY, [r"padding"]),
+    ("padding_pair_bool", dict(padding=(True, 1)), ANY, [r"padding"]),
+    ("padding_none", dict(padding=None), ANY, [r"padding"]),
+    ("padding_nested", dict(padding=((1, 1), (1, 1))), ANY, [r"padding"]),
+    ("padding_unknown_string", dict(padding="full"), ValueError, [r"padding", r"full"]),
+    ("padding_digit_string", dict(padding="1"), ValueError, [r"padding"]),
+    ("padding_huge", dict(padding=2**62), ValueError, [r"padding|size|large"]),
+    ("padding_huge_pair", dict(padding=(0, 2**62)), ValueError, [r"padding|size|large"]),
+    ("padding_mode_unknown", dict(padding_mode="mirror", padding=1), ValueError,
+     [r"padding_mode", r"mirror"]),
+    ("padding_mode_constant", dict(padding_mode="constant", padding=1), ValueError,
+     [r"padding_mode"]),
+    ("padding_mode_none", dict(padding_mode=None, padding=1), ANY, [r"padding_mode"]),
+    ("reflect_padding_too_large", dict(x=np.zeros((1, 4, 4, 5)), padding=4,
+                                       padding_mode="reflect"), ValueError,
+     [r"(?i)reflect|padding"]),
+    ("reflect_padding_too_large_w", dict(x=np.zeros((1, 4, 6, 5)), padding=(0, 5),
+                                         padding_mode="reflect"), ValueError,
+     [r"(?i)reflect|padding"]),
+    ("reflect_same_too_large", dict(x=np.zeros((1, 4, 2, 2)), weight=np.zeros((2, 4, 5, 5)),
+                                    padding="same", padding_mode="reflect"), ValueError,
+     [r"(?i)reflect|padding"]),
+    ("layout_unknown", dict(layout="NCWH"), ValueError, [r"layout", r"NCWH"]),
+    ("layout_none", dict(layout=None), ANY, [r"layout"]),
+    ("activation_unknown", dict(activation="sigmoid"), ValueError, [r"activation", r"sigmoid"]),
+    ("activation_bool", dict(activation=True), ANY, [r"activation"]),
+    ("bias_too_long", dict(bias=np.zeros(3)), ValueError, [r"bias", r"\b2\b"]),
+    ("bias_2d", dict(bias=np.zeros((2, 1))), ValueError, [r"bias"]),
+    ("bias_scalar", dict(bias=np.float32(0)), ValueError, [r"bias"]),
+    ("bias_empty", dict(bias=np.zeros(0)), ValueError, [r"bias"]),
+    ("x_none", dict(x=None), TypeError, [r"\bx\b"]),
+    ("x_str", dict(x="abc"), TypeError, [r"\bx\b"]),
+    ("x_object", dict(x=object()), TypeError, [r"\bx\b"]),
+    ("x_dict", dict(x={"a": 1}), TypeError, [r"\bx\b"]),
+    ("x_ragged", dict(x=[[[[1, 2], [3]]]]), ANY, [r"\bx\b"]),
+    ("weight_none", dict(weight=None), TypeError, [r"weight"]),
+    ("weight_str", dict(weight="abc"), TypeError, [r"weight"]),
+    ("weight_object", dict(weight=object()), TypeError, [r"weight"]),
+    ("bias_str", dict(bias="abc"), TypeError, [r"bias"]),
+    ("bias_object", dict(bias=object()), TypeError, [r"bias"]),
+]
+
+
+@pytest.mark.parametrize("overrides, exc, patterns", [c[1:] for c in ERROR_CASES],
+                         ids=[c[0] for c in ERROR_CASES])
+def test_errors(overrides, exc, patterns):
+    args = dict(x=X, weight=W)
+    args.update(overrides)
+    with pytest.raises(exc) as info:
+        fastconv.conv2d(**args)
+    message = str(info.value)
+    for pattern in patterns:
+        assert re.search(pattern, message), f"{pattern!r} not in message {message!r}"
+
+
+def test_kernel_larger_message_gives_sizes():
+    """PyTorch's bar: the padded input size and the kernel size, both spelled out."""
+    with pytest.raises(ValueError) as info:
+        fastconv.conv2d(np.zeros((1, 1, 2, 5)), np.zeros((1, 1, 3, 3)), padding=(0, 0))
+    message = str(info.value)
+    assert re.search(r"2\D{1,4}5", message), message  # padded input 2 x 5
+    assert re.search(r"3\D{1,4}3", message), message  # kernel 3 x 3
+
+
+@pytest.mark.parametrize("overrides", [dict(stride=2**62), dict(stride=(1, 2**40)),
+                                       dict(dilation=2**62), dict(dilation=(2**40, 1))],
+                         ids=["stride", "stride_w", "dilation", "dilation_h"])
+def test_absurd_geometry_no_crash(overrides):
+    """Huge stride is legal (one output pixel) or refused; huge dilation is refused."""
+    x = np.arange(1.0, 1 + 4 * 6 * 7).reshape(1, 4, 6, 7)
+    w = np.ones((2, 4, 3, 3))
+    try:
+        y = fastconv.conv2d(x, w, **overrides)
+    except ValueError:
+        return
+    assert "dilation" not in overrides
+    stride = overrides["stride"]
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    assert_array_equal(y, conv2d_reference(x, w, stride=tuple(min(s, 7) for s in stride)))
+
+
+@pytest.mark.parametrize("padding", [(5, 0), (0, 4), 5])
+def test_circular_padding_beyond_size(padding):
+    """PyTorch refuses circular padding that wraps more than once; wrapping again (np.pad
+    'wrap') is also acceptable, anything else is not."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, size=(1, 2, 4, 3)).astype(np.float64)
+    w = rng.integers(-3, 4, size=(2, 2, 3, 3)).astype(np.float64)
+    try:
+        y = fastconv.conv2d(x, w, padding=padding, padding_mode="circular")
+    except ValueError as exc:
+        assert re.search(r"(?i)padding|circular", str(exc))
+        return
+    assert_array_equal(y, conv2d_reference(x, w, padding=padding, padding_mode="circular"))
+
+
+def test_errors_raised_before_writing_out():
+    """Validation happens before any kernel runs: a bad call leaves `out` untouched."""
+    out = np.full((1, 2, 4, 5), 7.0, np.float32)
+    with pytest.raises(ValueError):
+        fastconv.conv2d(X, W, np.zeros(3, np.float32), out=out)
+    assert_array_equal(out, 7.0)
+
+
+# --------------------------------------------------------------------------------------------
+# output_size agrees with conv2d's shapes
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg", _random_configs(40, seed=11), ids=_config_id)
+def test_output_size_matches_conv_shapes(cfg):
+    kh, kw = cfg["kernel"]
+    if isinstance(cfg["padding"], str):
+        return  # output_size takes explicit symmetric padding
+    pads = conv_padding_reference(cfg["padding"], (cfg["h"], cfg["w"]), cfg["kernel"])
+    if pads[0] != pads[1] or pads[2] != pads[3]:
+        return
+    x = np.zeros((1, cfg["c"], cfg["h"], cfg["w"]))
+    w = np.zeros((cfg["f"], cfg["c"] // cfg["groups"], kh, kw))
+    y = fastconv.conv2d(x, w, stride=cfg["stride"], padding=cfg["padding"],
+                        dilation=cfg["dilation"], groups=cfg["groups"])
+    sh, sw = (cfg["stride"],) * 2 if isinstance(cfg["stride"], int) else cfg["stride"]
+    dh, dw = cfg["dilation"]
+    assert y.shape[2] == fastconv.output_size(cfg["h"], kh, sh, pads[0], dh)
+    assert y.shape[3] == fastconv.output_size(cfg["w"], kw, sw, pads[2], dw)
+
+
+# --------------------------------------------------------------------------------------------
+# Optional: PyTorch (skipped when torch is not installed)
+# --------------------------------------------------------------------------------------------
+
+TORCH_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+                   "circular": "circular"}
+
+
+@pytest.mark.parametrize("cfg", _random_configs(60, seed=23), ids=_config_id)
+def test_against_torch(cfg, assert_within_tolerance):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(5)
+    dtype = cfg["dtype"]
+    x, w, b = make_inputs(rng, n=cfg["n"], c=cfg["c"], h=cfg["h"], w=cfg["w"], f=cfg["f"],
+                          kernel=cfg["kernel"], groups=cfg["groups"], dtype=dtype,
+                          bias=cfg["bias"])
+    kw = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"],
+              groups=cfg["groups"], padding_mode=cfg["padding_mode"])
+    top, bottom, left, right = conv_padding_reference(cfg["padding"], (cfg["h"], cfg["w"]),
+                                                      cfg["kernel"], cfg["stride"],
+                                                      cfg["dilation"])
+    xt = F.pad(torch.from_numpy(x), (left, right, top, bottom),
+               mode=TORCH_PAD_MODES[cfg["padding_mode"]])
+    expected = F.conv2d(xt, torch.from_numpy(w), None if b is None else torch.from_numpy(b),
+                        stride=cfg["stride"], dilation=cfg["dilation"],
+                        groups=cfg["groups"]).numpy()
+    y = fastconv.conv2d(x, w, b, **kw)
+    bound = conv_bound(x, w, b, **kw)
+    assert_within_tolerance(y, expected, bound, c=2 * TOL_C)  # both sides round
+    y_nhwc = fastconv.conv2d(x.transpose(0, 2, 3, 1), w, b, layout="NHWC", **kw)
+    assert_within_tolerance(y_nhwc, expected.transpose(0, 2, 3, 1), bound.transpose(0, 2, 3, 1),
+                            c=2 * TOL_C)
+
+
+@pytest.mark.parametrize("dilation", [1, 2, (1, 3)], ids=repr)
+@pytest.mark.parametrize("kernel", [(1, 1), (2, 2), (3, 3), (4, 5)], ids=repr)
+def test_against_torch_same_padding(kernel, dilation, assert_within_tolerance):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    x, w, b = make_inputs(rng, n=2, c=4, h=9, w=10, f=3, kernel=kernel, dtype=np.float64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about even kernels with 'same'
+        expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                              torch.from_numpy(b), padding="same",
+                                              dilation=dilation).numpy()
+    y = fastconv.conv2d(x, w, b, padding="same", dilation=dilation)
+    assert_within_tolerance(y, expected, conv_bound(x, w, b, padding="same", dilation=dilation),
+                            c=2 * TOL_C)
