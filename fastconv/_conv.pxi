@@ -28,6 +28,12 @@ cdef extern from "_conv_microkernel.h" nogil:
     const char *FC_ISA_NAME
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
+    float fc_max_nan_f32(float a, float b)
+    double fc_max_nan_f64(double a, double b)
+    void fc_max_rows_f32(float *top, const float *row, Py_ssize_t n)
+    void fc_max_rows_f64(double *top, const double *row, Py_ssize_t n)
+    void fc_max_pairs_f32(float *dst, Py_ssize_t step, const float *src, Py_ssize_t n)
+    void fc_max_pairs_f64(double *dst, Py_ssize_t step, const double *src, Py_ssize_t n)
     void fc_microkernel_f32(Py_ssize_t depth, const float *a, const float *b,
                             const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
                             const float *bias, int relu)
@@ -117,6 +123,39 @@ cdef void _fill_slab(
                     dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
 
 
+cdef void _max_pool_rows(
+    floating *src,                # IN  (rows, pitch) one filter's staged band (overwritten)
+    Py_ssize_t pitch, Py_ssize_t pool, Py_ssize_t pooled_rows, Py_ssize_t pooled_w,
+    floating *dst, Py_ssize_t dst_step,   # OUT pooled pixel p at dst[p * dst_step]
+) noexcept nogil:
+    """pool x pool / pool max pooling of a staged band, NaN propagating: the rows of each
+    window are reduced into its top row (vectorised), then across columns."""
+    cdef Py_ssize_t pr, pc, a, b, width = pooled_w * pool
+    cdef floating m
+    cdef floating *top
+    for pr in range(pooled_rows):
+        top = src + pr * pool * pitch
+        for a in range(1, pool):
+            if floating is float:
+                fc_max_rows_f32(top, top + a * pitch, width)
+            else:
+                fc_max_rows_f64(top, top + a * pitch, width)
+        if pool == 2:
+            if floating is float:
+                fc_max_pairs_f32(dst + pr * pooled_w * dst_step, dst_step, top, pooled_w)
+            else:
+                fc_max_pairs_f64(dst + pr * pooled_w * dst_step, dst_step, top, pooled_w)
+            continue
+        for pc in range(pooled_w):
+            m = top[pc * pool]
+            for b in range(1, pool):
+                if floating is float:
+                    m = fc_max_nan_f32(m, top[pc * pool + b])
+                else:
+                    m = fc_max_nan_f64(m, top[pc * pool + b])
+            dst[(pr * pooled_w + pc) * dst_step] = m
+
+
 def conv2d_forward(
     const floating[:, :, :, :] x not None,       # IN  (N, C, H, W) any strides (NHWC = a view)
     const floating[:, :, :, ::1] packed_weight not None,  # IN  (G, FB, R, MR) see conv._pack
@@ -125,13 +164,16 @@ def conv2d_forward(
     const Py_ssize_t[:, ::1] col_src not None,    # IN  (P, Wq) input col per slab column or -1
     const Py_ssize_t[:, ::1] col_inner not None,  # IN  (P, 3) linear interior of col_src
     const Py_ssize_t[::1] b_offset not None,      # IN  (CC*KH*KW,) slab offset of row (c, kh, kw)
-    floating[:, :, ::1] out not None,             # OUT (N, F, OH*OW) or (N, OH*OW, F) if NHWC
+    floating[:, :, ::1] out not None,             # OUT (N, F, OH*OW) or (N, OH*OW, F) if NHWC;
+                                                  #     with pool: (N, F, PH*PW) or (N, PH*PW, F)
     Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count,
     Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t filters_per_group,
     Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
-    Py_ssize_t slab_size, bint channels_last, bint relu, int num_threads,
+    Py_ssize_t slab_size, bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
 ):
-    """out = conv(x, weight) + bias (then ReLU), for a whole batch; see _conv.pxi's header."""
+    """out = conv(x, weight) + bias (then ReLU, then pool x pool / pool max pooling when
+    pool > 1, straight from the staged tile), for a whole batch; see _conv.pxi's header.
+    With pooling, rows_per_task is a multiple of pool."""
     cdef Py_ssize_t n_images = x.shape[0]
     cdef Py_ssize_t groups = packed_weight.shape[0]
     cdef Py_ssize_t fblocks = packed_weight.shape[1]
@@ -157,12 +199,15 @@ def conv2d_forward(
     cdef const floating *x_data = &x[0, 0, 0, 0] if x.size > 0 else NULL
     cdef floating *out_data = &out[0, 0, 0]
     cdef Py_ssize_t out_pixels = out_h * out_w
+    cdef Py_ssize_t pooled_h = out_h // pool if pool > 1 else out_h
+    cdef Py_ssize_t pooled_w = out_w // pool if pool > 1 else out_w
+    cdef Py_ssize_t pooled_pixels = pooled_h * pooled_w
     # The staged output tile of a task: its filters x its pixels (over the row pitch).
     cdef Py_ssize_t stage_pitch = (rows_per_task * pitch + nr - 1) // nr * nr
     cdef Py_ssize_t stage_size = fblocks_per_task * FC_MR * stage_pitch
     cdef Py_ssize_t scratch_per_thread = slab_size + stage_size
     cdef Py_ssize_t task, n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0
-    cdef Py_ssize_t f_local, f_len, i, f, row, ow
+    cdef Py_ssize_t f_local, f_len, i, f, row, ow, pr0, pr_len
     cdef floating *scratch
     cdef floating *slab
     cdef floating *stage
@@ -219,7 +264,17 @@ def conv2d_forward(
             f_local = fb0 * FC_MR
             f_len = min(fb1 * FC_MR, filters_per_group) - f_local
             f = g * filters_per_group + f_local
-            if not channels_last:
+            if pool > 1:
+                pr0 = oh0 // pool
+                pr_len = min(rows // pool, pooled_h - pr0)
+                for i in range(f_len):
+                    if channels_last:
+                        dst = out_data + (n * pooled_pixels + pr0 * pooled_w) * n_filters + f + i
+                    else:
+                        dst = out_data + (n * n_filters + f + i) * pooled_pixels + pr0 * pooled_w
+                    _max_pool_rows(stage + i * stage_pitch, pitch, pool, pr_len, pooled_w, dst,
+                                   n_filters if channels_last else 1)
+            elif not channels_last:
                 for i in range(f_len):
                     src = stage + i * stage_pitch
                     dst = out_data + (n * n_filters + f + i) * out_pixels + oh0 * out_w

@@ -57,8 +57,9 @@ def source_index(positions, size, mode):
 
 @functools.lru_cache(maxsize=256)
 def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w,
-         kernel, stride, dilation, pads, padding_mode, nr, itemsize):
-    """The kernel's layout for one problem shape; cached (layers call it with one shape)."""
+         kernel, stride, dilation, pads, padding_mode, nr, itemsize, row_multiple=1):
+    """The kernel's layout for one problem shape; cached (layers call it with one shape).
+    ``row_multiple``: bands of output rows are a multiple of it (fused pooling windows)."""
     kh, kw = kernel
     sh, sw = stride
     dh, dw = dilation
@@ -82,6 +83,7 @@ def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w
         col_inner[i] = first, end, offset
 
     rows = _rows_per_task(out_h, out_w, pitch, nr, n_images * groups)
+    rows = -(-rows // row_multiple) * row_multiple
     row_blocks = -(-out_h // rows)
     # Too few row bands to balance the threads: split the filters too.
     fchunks = min(fblocks, -(-MIN_TASKS // (n_images * groups * row_blocks)))

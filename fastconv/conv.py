@@ -195,6 +195,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            [15., 17., 19.],
            [23., 25., 27.]], dtype=float32)
     """
+    return _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode,
+                   layout, activation, out, num_threads, pool=1)
+
+
+def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
+            activation, out, num_threads, pool):
+    """conv2d, optionally followed by pool x pool / pool max pooling applied inside the kernel
+    (``pool > 1``: the full-resolution map is never written). Used by ``layers.Sequential``."""
     layout = v.check_layout(layout)
     x = v.as_array(x, "x")
     if x.ndim not in (3, 4):
@@ -253,7 +261,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                          f"padding = {padding!r}, dilation = {dilation!r})")
     out_h = (padded_h - ext_h) // sh + 1
     out_w = (padded_w - ext_w) // sw + 1
-    shape = ((n_filters, out_h, out_w) if layout == "NCHW" else (out_h, out_w, n_filters))
+    map_h, map_w = (out_h // pool, out_w // pool) if pool > 1 else (out_h, out_w)
+    shape = ((n_filters, map_h, map_w) if layout == "NCHW" else (map_h, map_w, n_filters))
     shape = shape if unbatched else (n_images,) + shape
     v.check_output_size(shape, "conv2d output")
     threads = v.resolve_num_threads(num_threads)
@@ -265,8 +274,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
         return out
 
     depth = in_per_group * kh * kw
-    out3 = out.reshape((n_images, n_filters, out_h * out_w) if layout == "NCHW"
-                       else (n_images, out_h * out_w, n_filters))
+    out3 = out.reshape((n_images, n_filters, map_h * map_w) if layout == "NCHW"
+                       else (n_images, map_h * map_w, n_filters))
     if depth == 0:  # no input channels: the bias alone
         fill = np.zeros(n_filters, dtype) if bias is None else bias.astype(dtype)
         out3[...] = fill[:, None] if layout == "NCHW" else fill
@@ -289,13 +298,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
         n_images=n_images, groups=groups, in_per_group=in_per_group, fblocks=packed_w.shape[1],
         height=height, width=width, out_h=out_h, out_w=out_w, kernel=(kh, kw),
         stride=(sh, sw), dilation=(dh, dw), pads=pads, padding_mode=padding_mode, nr=nr,
-        itemsize=dtype.itemsize)
+        itemsize=dtype.itemsize, row_multiple=pool)
     _kernels.conv2d_forward(
         x_kernel, packed_w, packed_b, layout_plan.row_src, layout_plan.col_src,
         layout_plan.col_inner, layout_plan.b_offset, out3,
         sw, kh, kw, out_h, out_w, n_filters // groups,
         layout_plan.rows_per_task, layout_plan.channels_per_chunk, layout_plan.fblocks_per_task,
-        layout_plan.slab_size, layout == "NHWC", activation == "relu", threads,
+        layout_plan.slab_size, layout == "NHWC", activation == "relu", pool, threads,
     )
     return out
 

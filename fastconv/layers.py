@@ -325,10 +325,10 @@ class Conv2D(Layer):
         """
         return self._forward(x, layout, out, num_threads, self.activation)
 
-    def _forward(self, x, layout, out, num_threads, activation):
-        return _conv.conv2d(x, self._packed, None, self.stride, self.padding, self.dilation,
-                            self.groups, padding_mode=self.padding_mode, layout=layout,
-                            activation=activation, out=out, num_threads=num_threads)
+    def _forward(self, x, layout, out, num_threads, activation, pool=1):
+        return _conv._conv2d(x, self._packed, None, self.stride, self.padding, self.dilation,
+                             self.groups, self.padding_mode, layout, activation, out,
+                             num_threads, pool)
 
     def output_shape(self, input_shape, *, layout="NCHW"):
         """Output shape for an input of ``input_shape`` (3-D or 4-D, in ``layout``).
@@ -543,6 +543,14 @@ class Summary:
         return self.table()
 
 
+def _fusable_pool(layer):
+    """A MaxPool2D the conv kernel can apply from its staged tile: square, non-overlapping
+    windows (kernel == stride), no padding, no dilation, floor mode."""
+    return (type(layer) is MaxPool2D and layer.kernel_size[0] == layer.kernel_size[1] >= 2
+            and layer.stride == layer.kernel_size and layer.padding == (0, 0)
+            and layer.dilation == (1, 1) and not layer.ceil_mode)
+
+
 class Sequential(Layer):
     """Layers applied one after the other.
 
@@ -649,21 +657,28 @@ class Sequential(Layer):
     def __call__(self, x, *, layout="NCHW", num_threads=None):
         """Run the stack on a batch (N, C, H, W) or one image (C, H, W) (NHWC with ``layout``).
 
-        A ``Conv2D`` directly followed by ``ReLU`` runs as one fused call.
+        A ``Conv2D`` directly followed by ``ReLU`` and/or a ``MaxPool2D`` with non-overlapping
+        square windows (kernel == stride, no padding or dilation, floor mode) runs as one
+        fused kernel call: bias, ReLU and pooling are applied to each tile while it is in
+        cache, and the full-resolution map is never written. The bits are the same as
+        running the layers one by one.
         """
         v.check_layout(layout)
         layers = self._layers
         index = 0
         while index < len(layers):
             layer = layers[index]
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            if (type(layer) is Conv2D and type(following) is ReLU
-                    and layer.activation in (None, "relu")):
-                x = layer._forward(x, layout, None, num_threads, "relu")
-                index += 2
-            else:
+            if type(layer) is not Conv2D:
                 x = layer(x, layout=layout, num_threads=num_threads)
                 index += 1
+                continue
+            activation, index = layer.activation, index + 1
+            if index < len(layers) and type(layers[index]) is ReLU and activation in (None, "relu"):
+                activation, index = "relu", index + 1
+            pool = 1
+            if index < len(layers) and _fusable_pool(layers[index]):
+                pool, index = layers[index].kernel_size[0], index + 1
+            x = layer._forward(x, layout, None, num_threads, activation, pool)
         return x
 
     def feature_maps(self, x, *, layout="NCHW", num_threads=None):

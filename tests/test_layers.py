@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -410,8 +411,10 @@ class _Spy:
         self.calls = []
         original = getattr(module, name)
 
+        signature = inspect.signature(original)
+
         def spy(*args, **kwargs):
-            self.calls.append(kwargs)
+            self.calls.append(signature.bind(*args, **kwargs).arguments)
             return original(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)
@@ -422,11 +425,13 @@ def test_conv_relu_fusion(rng, monkeypatch):
     net = Sequential(layers)
     x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
     unfused = list(net.feature_maps(x).values())[-1]
-    conv_spy = _Spy(monkeypatch, layers_module._conv, "conv2d")
+    conv_spy = _Spy(monkeypatch, layers_module._conv, "_conv2d")
     relu_spy = _Spy(monkeypatch, layers_module._activation, "relu")
+    pool_spy = _Spy(monkeypatch, layers_module._pool, "max_pool2d")
     fused = net(x)
-    assert [call["activation"] for call in conv_spy.calls] == ["relu", "relu"]
-    assert relu_spy.calls == []
+    # conv -> relu -> 2x2 pool is one kernel call; so is the strided conv -> relu.
+    assert [(c["activation"], c["pool"]) for c in conv_spy.calls] == [("relu", 2), ("relu", 1)]
+    assert relu_spy.calls == [] and pool_spy.calls == []
     np.testing.assert_array_equal(bits(fused), bits(unfused))
 
 
@@ -437,10 +442,11 @@ def test_fusion_only_where_conv_is_directly_followed_by_relu(rng, monkeypatch):
     x = rng.standard_normal((1, 1, 10, 10))
     expected = fastconv.relu(fastconv.conv2d(fastconv.relu(fastconv.max_pool2d(
         fastconv.conv2d(x, conv.weight), 2)), np.ones((2, 2, 1, 1)), activation="relu"))
-    conv_spy = _Spy(monkeypatch, layers_module._conv, "conv2d")
+    conv_spy = _Spy(monkeypatch, layers_module._conv, "_conv2d")
     relu_spy = _Spy(monkeypatch, layers_module._activation, "relu")
     np.testing.assert_array_equal(bits(net(x)), bits(expected))
-    assert [call["activation"] for call in conv_spy.calls] == [None, "relu"]
+    # The pool right after the first conv fuses into it; the ReLU after the pool cannot.
+    assert [(c["activation"], c["pool"]) for c in conv_spy.calls] == [(None, 2), ("relu", 1)]
     assert len(relu_spy.calls) == 1  # after the pool; the last ReLU is fused away
 
 
@@ -580,3 +586,24 @@ def test_layer_subclass_in_sequential():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     np.testing.assert_array_equal(net(x), [[[[10, 14], [26, 30]]]])
     assert [row.receptive_field for row in net.summary(x.shape)] == [(1, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool, size, relu, groups", [
+    (2, (17, 19), True, 1), (3, (20, 14), True, 2), (2, (9, 9), False, 1), (2, (30, 31), True, 6),
+    (4, (5, 6), True, 1)])
+def test_fused_conv_relu_pool_equals_separate_calls(rng, layout, dtype, pool, size, relu, groups):
+    """The pool fused into the conv kernel gives the bits of conv -> relu -> max_pool2d,
+    NaN included (ragged edges: the floor-mode pool drops the last partial window)."""
+    x = rng.standard_normal((2, 6) + size).astype(dtype)
+    x[0, 1, 3, 4] = np.nan
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    weight = rng.standard_normal((6, 6 // groups, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(6).astype(dtype)
+    stack = [Conv2D(weight, bias, padding=1, groups=groups)] + ([ReLU()] if relu else [])
+    net = Sequential(stack + [MaxPool2D(pool)])
+    expected = list(net.feature_maps(x, layout=layout).values())[-1]
+    np.testing.assert_array_equal(bits(net(x, layout=layout)), bits(expected))
+    assert np.isnan(expected).any()
