@@ -30,6 +30,7 @@ def conv2d_forward(
     slab_size: int,
     channels_last: bool,
     relu: bool,
+    pool: int,
     num_threads: int,
 ) -> None: ...
 def pack_weights(
