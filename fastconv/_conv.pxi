@@ -34,6 +34,11 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_max_rows_f64(double *top, const double *row, Py_ssize_t n)
     void fc_max_pairs_f32(float *dst, Py_ssize_t step, const float *src, Py_ssize_t n)
     void fc_max_pairs_f64(double *dst, Py_ssize_t step, const double *src, Py_ssize_t n)
+    enum:
+        FC_TRANSPOSE_F32
+        FC_TRANSPOSE_F64
+    void fc_transpose_f32(float *dst, Py_ssize_t ld_dst, const float *src, Py_ssize_t ld_src)
+    void fc_transpose_f64(double *dst, Py_ssize_t ld_dst, const double *src, Py_ssize_t ld_src)
     void fc_microkernel_f32(Py_ssize_t depth, const float *a, const float *b,
                             const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
                             const float *bias, int relu)
@@ -73,6 +78,34 @@ cdef inline void _microkernel_row(Py_ssize_t depth, const floating *a, const flo
         fc_microkernel_row_f64(depth, a, b, b_offset, c, bias, relu)
 
 
+cdef void _transpose_out(
+    const floating *src,          # IN  (filters, stage_pitch) staged tile, pixels along rows
+    Py_ssize_t stage_pitch, Py_ssize_t filters, Py_ssize_t pixels,
+    floating *dst, Py_ssize_t ld_dst,   # OUT (pixels, ld_dst): a pixel's filters contiguous
+) noexcept nogil:
+    """NHWC copy-out of one output row: square blocks through a register transpose."""
+    cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
+    cdef Py_ssize_t p0, i0, p, i
+    p0 = 0
+    while p0 + t <= pixels:
+        i0 = 0
+        while i0 + t <= filters:
+            if floating is float:
+                fc_transpose_f32(dst + p0 * ld_dst + i0, ld_dst, src + i0 * stage_pitch + p0,
+                                 stage_pitch)
+            else:
+                fc_transpose_f64(dst + p0 * ld_dst + i0, ld_dst, src + i0 * stage_pitch + p0,
+                                 stage_pitch)
+            i0 = i0 + t
+        for p in range(p0, p0 + t):
+            for i in range(i0, filters):
+                dst[p * ld_dst + i] = src[i * stage_pitch + p]
+        p0 = p0 + t
+    for p in range(p0, pixels):
+        for i in range(filters):
+            dst[p * ld_dst + i] = src[i * stage_pitch + p]
+
+
 cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
     if floating is float:
         fc_copy_f32(dst, src, n)
@@ -92,35 +125,49 @@ cdef void _fill_slab(
     Py_ssize_t stride_w, Py_ssize_t phases, Py_ssize_t pitch,
     floating *slab,               # OUT (channels, P, slab_rows, pitch)
 ) noexcept nogil:
-    cdef Py_ssize_t c, ph, row, k, src_row, src_col, lo, hi
+    cdef Py_ssize_t c, ph, row, k, src_row, src_col, lo, hi, offset
     cdef Py_ssize_t step = stride_w * sw
+    cdef Py_ssize_t channel_stride = phases * slab_rows * pitch
+    # Channels adjacent in memory (NHWC): walk pixels and spread each pixel's channels,
+    # instead of striding through the row once per channel.
+    cdef bint channels_minor = sc == 1 and channels > 1
     cdef const floating *x_row
     cdef const floating *src
     cdef floating *dst
-    for c in range(channels):
-        for ph in range(phases):
-            lo = col_inner[3 * ph]
-            hi = col_inner[3 * ph + 1]
-            for row in range(slab_rows):
-                dst = slab + ((c * phases + ph) * slab_rows + row) * pitch
-                src_row = row_src[row]
-                if src_row < 0:
-                    memset(dst, 0, pitch * sizeof(floating))
-                    continue
-                x_row = x + c * sc + src_row * sh
-                # Interior columns map linearly (a copy); only borders need the index map.
+    for ph in range(phases):
+        lo = col_inner[3 * ph]
+        hi = col_inner[3 * ph + 1]
+        offset = col_inner[3 * ph + 2]
+        for row in range(slab_rows):
+            dst = slab + (ph * slab_rows + row) * pitch   # channel 0; channel c is + c * stride
+            src_row = row_src[row]
+            if src_row < 0:
+                for c in range(channels):
+                    memset(dst + c * channel_stride, 0, pitch * sizeof(floating))
+                continue
+            x_row = x + src_row * sh
+            # Borders (padding of every mode) through the index map.
+            for c in range(channels):
                 for k in range(lo):
                     src_col = col_src[ph * pitch + k]
-                    dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
-                src = x_row + (lo * stride_w + col_inner[3 * ph + 2]) * sw
-                if step == 1:
-                    _copy(dst + lo, src, hi - lo)
-                else:
-                    for k in range(hi - lo):
-                        dst[lo + k] = src[k * step]
+                    dst[c * channel_stride + k] = x_row[c * sc + src_col * sw] if src_col >= 0 else 0
                 for k in range(hi, pitch):
                     src_col = col_src[ph * pitch + k]
-                    dst[k] = x_row[src_col * sw] if src_col >= 0 else 0
+                    dst[c * channel_stride + k] = x_row[c * sc + src_col * sw] if src_col >= 0 else 0
+            # The interior maps linearly: a copy (or a strided copy) per channel row.
+            if channels_minor:
+                for k in range(lo, hi):
+                    src = x_row + (k * stride_w + offset) * sw
+                    for c in range(channels):
+                        dst[c * channel_stride + k] = src[c]
+            else:
+                for c in range(channels):
+                    src = x_row + c * sc + (lo * stride_w + offset) * sw
+                    if step == 1:
+                        _copy(dst + c * channel_stride + lo, src, hi - lo)
+                    else:
+                        for k in range(hi - lo):
+                            dst[c * channel_stride + lo + k] = src[k * step]
 
 
 cdef void _max_pool_rows(
@@ -282,11 +329,9 @@ def conv2d_forward(
                         _copy(dst + row * out_w, src + row * pitch, out_w)
             else:  # transpose: a pixel's channels are contiguous in NHWC
                 for row in range(rows):
-                    for ow in range(out_w):
-                        src = stage + row * pitch + ow
-                        dst = out_data + (n * out_pixels + (oh0 + row) * out_w + ow) * n_filters + f
-                        for i in range(f_len):
-                            dst[i] = src[i * stage_pitch]
+                    _transpose_out(stage + row * pitch, stage_pitch, f_len, out_w,
+                                   out_data + (n * out_pixels + (oh0 + row) * out_w) * n_filters + f,
+                                   n_filters)
     free(scratch)
 
 

@@ -123,4 +123,57 @@ static inline void fc_max_pairs_##SUF(T *restrict dst, Py_ssize_t step, const T 
 FC_DEFINE_MAX_NAN(f32, float, fc_vf32, fc_vf32_u, fc_vi32, FC_LANES_F32, FC_EVEN_F32, FC_ODD_F32)
 FC_DEFINE_MAX_NAN(f64, double, fc_vf64, fc_vf64_u, fc_vi64, FC_LANES_F64, FC_EVEN_F64, FC_ODD_F64)
 
+/* Transposes for NHWC output: a block of T filters x T pixels (rows ld_src apart) becomes
+ * T pixels x T filters (rows ld_dst apart). 32-byte vectors on every ISA level (two xmm on
+ * SSE2); the shuffles are AVX's unpack / shuffle / permute2f128 8x8 network. */
+typedef float fc_v8f __attribute__((vector_size(32)));
+typedef int fc_v8i __attribute__((vector_size(32)));
+typedef float fc_v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef double fc_v4d __attribute__((vector_size(32)));
+typedef long long fc_v4l __attribute__((vector_size(32)));
+typedef double fc_v4d_u __attribute__((vector_size(32), aligned(8), may_alias));
+
+static inline void fc_transpose_f32(float *restrict dst, Py_ssize_t ld_dst,
+                                    const float *restrict src, Py_ssize_t ld_src)
+{
+    const fc_v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+    const fc_v8i pair_lo = {0, 1, 8, 9, 4, 5, 12, 13}, pair_hi = {2, 3, 10, 11, 6, 7, 14, 15};
+    const fc_v8i half_lo = {0, 1, 2, 3, 8, 9, 10, 11}, half_hi = {4, 5, 6, 7, 12, 13, 14, 15};
+    fc_v8f r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = *(const fc_v8f_u *)(src + i * ld_src);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
+        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = __builtin_shuffle(t[i], t[i + 2], pair_lo);
+        u[i + 1] = __builtin_shuffle(t[i], t[i + 2], pair_hi);
+        u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], pair_lo);
+        u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], pair_hi);
+    }
+    for (int i = 0; i < 4; i++) {
+        *(fc_v8f_u *)(dst + i * ld_dst) = __builtin_shuffle(u[i], u[i + 4], half_lo);
+        *(fc_v8f_u *)(dst + (i + 4) * ld_dst) = __builtin_shuffle(u[i], u[i + 4], half_hi);
+    }
+}
+#define FC_TRANSPOSE_F32 8
+
+static inline void fc_transpose_f64(double *restrict dst, Py_ssize_t ld_dst,
+                                    const double *restrict src, Py_ssize_t ld_src)
+{
+    const fc_v4l lo = {0, 4, 2, 6}, hi = {1, 5, 3, 7};
+    const fc_v4l half_lo = {0, 1, 4, 5}, half_hi = {2, 3, 6, 7};
+    fc_v4d r[4], t[4];
+    for (int i = 0; i < 4; i++) r[i] = *(const fc_v4d_u *)(src + i * ld_src);
+    for (int i = 0; i < 4; i += 2) {
+        t[i] = __builtin_shuffle(r[i], r[i + 1], lo);
+        t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi);
+    }
+    for (int i = 0; i < 2; i++) {
+        *(fc_v4d_u *)(dst + i * ld_dst) = __builtin_shuffle(t[i], t[i + 2], half_lo);
+        *(fc_v4d_u *)(dst + (i + 2) * ld_dst) = __builtin_shuffle(t[i], t[i + 2], half_hi);
+    }
+}
+#define FC_TRANSPOSE_F64 4
+
 #endif
