@@ -62,6 +62,10 @@ def compute_dtype(*arrays_and_names):
     float32 and float64 stay; mixed inputs follow ``np.result_type``; float16 computes in
     float32; bool and integers compute in float64. Anything else is a TypeError.
     """
+    first = arrays_and_names[0][0].dtype
+    if first.type in (np.float32, np.float64) and first.isnative and all(
+            array.dtype == first for array, _ in arrays_and_names):
+        return first  # the common case, without np.result_type
     for array, name in arrays_and_names:
         kind = array.dtype.kind
         if kind not in "biuf":
@@ -86,6 +90,8 @@ def as_kernel_input(array, dtype):
 
 def int_pair(value, name, minimum):
     """An int or a pair of ints, each >= ``minimum``, as a tuple ``(h, w)``."""
+    if type(value) is int and value >= minimum:  # the common case, without ABC checks
+        return (value, value)
     if isinstance(value, (Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
         pair = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2:
