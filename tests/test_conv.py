@@ -786,7 +786,7 @@ else:
 @pytest.mark.parametrize("num_threads, omp_env", [(10**5, None), (2**31, None), (2**63, None),
                                                   (None, "100000")],
                          ids=["1e5", "2**31", "2**63", "OMP_NUM_THREADS=1e5"])
-def test_huge_num_threads_no_crash(num_threads, omp_env):
+def test_huge_num_threads_no_crash(num_threads, omp_env, tmp_path):
     """An absurd thread count (argument or OMP_NUM_THREADS) is capped or refused with a
     ValueError; it must not crash the interpreter (run in a subprocess so a crash fails this
     test instead of the whole run)."""
@@ -795,8 +795,9 @@ def test_huge_num_threads_no_crash(num_threads, omp_env):
         env["OMP_NUM_THREADS"] = omp_env
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    # cwd away from the source tree: `python -c` puts the cwd first on sys.path.
     proc = subprocess.run([sys.executable, "-c", _HUGE_THREADS_SCRIPT, str(num_threads)],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert proc.stdout.strip() in ("ok", "ValueError"), proc.stdout
 
