@@ -1,0 +1,40 @@
+# Stub of the kernels in _conv.pxi, which _conv_<isa>.pyx build once per ISA level.
+import numpy as np
+import numpy.typing as npt
+
+ISA: str
+MR: int
+NR_FLOAT32: int
+NR_FLOAT64: int
+ROW_NR_FLOAT32: int
+ROW_NR_FLOAT64: int
+
+def conv2d_forward(
+    x: npt.NDArray[np.floating],
+    packed_weight: npt.NDArray[np.floating],
+    packed_bias: npt.NDArray[np.floating],
+    row_src: npt.NDArray[np.intp],
+    col_src: npt.NDArray[np.intp],
+    col_inner: npt.NDArray[np.intp],
+    b_offset: npt.NDArray[np.intp],
+    out: npt.NDArray[np.floating],
+    stride_w: int,
+    kh_count: int,
+    kw_count: int,
+    out_h: int,
+    out_w: int,
+    filters_per_group: int,
+    rows_per_task: int,
+    channels_per_chunk: int,
+    fblocks_per_task: int,
+    slab_size: int,
+    channels_last: bool,
+    relu: bool,
+    pool: int,
+    num_threads: int,
+) -> None: ...
+def pack_weights(
+    weight: npt.NDArray[np.floating],
+    packed: npt.NDArray[np.floating],
+    num_threads: int,
+) -> None: ...
