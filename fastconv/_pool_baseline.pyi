@@ -1,0 +1,2 @@
+# Stub for the baseline build of _pool.pxi; the signatures are in _pool_kernels.pyi.
+from ._pool_kernels import *  # noqa: F403
