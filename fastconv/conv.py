@@ -262,6 +262,10 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
     out_h = (padded_h - ext_h) // sh + 1
     out_w = (padded_w - ext_w) // sw + 1
     map_h, map_w = (out_h // pool, out_w // pool) if pool > 1 else (out_h, out_w)
+    if map_h < 1 or map_w < 1:  # the same refusal as max_pool2d on the unfused map
+        raise ValueError(f"Given input size: ({n_filters}x{out_h}x{out_w}). Calculated output "
+                         f"size: ({n_filters}x{map_h}x{map_w}). Output size is too small "
+                         f"(kernel_size=({pool}, {pool}), stride=({pool}, {pool}))")
     shape = ((n_filters, map_h, map_w) if layout == "NCHW" else (map_h, map_w, n_filters))
     shape = shape if unbatched else (n_images,) + shape
     v.check_output_size(shape, "conv2d output")
