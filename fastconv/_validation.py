@@ -153,27 +153,34 @@ def check_output_size(shape, what):
 
 
 # Fork safety. libgomp's thread pool does not survive fork(): a child whose forking thread had
-# led a parallel region before the fork waits forever for the parent's pool threads, which do
-# not exist in the child. A one-thread team (num_threads=1, or use_threads_if false) never
-# touches the pool, so every call in a forked child runs on one thread. The flag is set by an
-# at-fork hook (os.fork, multiprocessing's "fork"); the pid check also catches forks made
-# from C, which skip Python's hooks. Both are inherited by grandchildren.
-_PID_AT_IMPORT = os.getpid()
-_forked_child = False
+# led a parallel region of more than one thread waits forever for the parent's pool threads,
+# which do not exist in the child. A one-thread team (num_threads=1, or use_threads_if false)
+# never touches the pool. So once this process may have started a team of more than one thread
+# (resolve_num_threads returned > 1), a child forked from it runs every call on one thread, and
+# so do its own children. A child forked before that (e.g. multiprocessing workers forked from
+# a forkserver that only imported fastconv) keeps its threads. The at-fork hook covers os.fork
+# and multiprocessing; the pid check covers forks made from C, which skip Python's hooks.
+_pid = os.getpid()  # the process the two flags below describe
+_threads_used = False  # this process may have run a team of more than one thread
+_forked_child = False  # forked from a process that had: run serially
 
 
-def _run_serially_after_fork():
-    global _forked_child
-    _forked_child = True
+def _after_fork_in_child():
+    global _pid, _forked_child
+    _pid = os.getpid()
+    _forked_child = _forked_child or _threads_used
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_run_serially_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def in_forked_child():
-    """True in a process forked from one that had imported fastconv: kernels run serially."""
-    return _forked_child or os.getpid() != _PID_AT_IMPORT
+    """True in a process forked (at any depth) from one that had run fastconv's kernels on more
+    than one thread: every call then runs on one thread."""
+    if os.getpid() != _pid:
+        _after_fork_in_child()
+    return _forked_child
 
 
 def resolve_num_threads(num_threads):
@@ -181,10 +188,13 @@ def resolve_num_threads(num_threads):
 
     Always 1 in a forked child (see ``in_forked_child``); arguments are still checked.
     """
+    global _threads_used
     if num_threads is None:
         if in_forked_child():
             return 1
-        return max(1, min(_openmp_helpers.get_max_threads(), _CPU_COUNT))
+        threads = max(1, min(_openmp_helpers.get_max_threads(), _CPU_COUNT))
+        _threads_used = _threads_used or threads > 1
+        return threads
     if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (Integral, np.integer)):
         raise TypeError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
     if num_threads < 1:
@@ -192,4 +202,6 @@ def resolve_num_threads(num_threads):
     if in_forked_child():
         return 1
     # More threads than CPUs only adds contention (and each thread gets scratch memory).
-    return min(int(num_threads), _CPU_COUNT)
+    threads = min(int(num_threads), _CPU_COUNT)
+    _threads_used = _threads_used or threads > 1
+    return threads

@@ -1,0 +1,260 @@
+"""Thread safety and thread limits.
+
+The rule (documented in the README's "Reliability" section): every Python thread that calls a
+kernel leads its own OpenMP team of ``num_threads`` threads (``num_threads=None``: the OpenMP
+default of *that* thread). libgomp keeps a leader's ``num_threads - 1`` workers parked while
+the leader thread lives and ends them when it exits, so P calling threads use at most
+``P * num_threads`` OS threads, and none are left behind once the callers are gone.
+
+OpenMP's thread-count setting is per thread: ``threadpoolctl.threadpool_limits`` (which calls
+``omp_set_num_threads``) and ``omp_set_num_threads`` affect only the thread that calls them;
+``OMP_NUM_THREADS`` (read at start-up) and ``num_threads=`` apply everywhere.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _openmp_helpers, _validation
+
+N_CALLERS = 16
+LINUX_TASKS = "/proc/self/task"
+needs_proc = pytest.mark.skipif(not os.path.isdir(LINUX_TASKS), reason="counts /proc/self/task")
+
+
+def os_threads():
+    return len(os.listdir(LINUX_TASKS))
+
+
+def default_threads():
+    return _validation.resolve_num_threads(None)
+
+
+def make_calls(rng):
+    """``[(name, thunk(num_threads))]``: every op, big enough to take its parallel path."""
+    x32 = rng.standard_normal((2, 16, 40, 40)).astype(np.float32)
+    w32 = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    x64 = rng.standard_normal((2, 8, 37, 41))
+    w64 = rng.standard_normal((8, 2, 3, 5))
+    b64 = rng.standard_normal(8)
+    big = rng.standard_normal(1 << 18).astype(np.float32)
+    image = rng.standard_normal((96, 96))
+    layers = fastconv.layers
+    net = layers.Sequential([layers.Conv2D(w32[:, :16], padding=1), layers.ReLU(),
+                             layers.MaxPool2D(2)])  # one fused kernel call, shared packed weights
+    return [
+        ("Sequential conv-relu-pool", lambda t: net(x32, num_threads=t)),
+        ("conv2d f32", lambda t: fastconv.conv2d(x32, w32, padding=1, num_threads=t)),
+        ("conv2d f32 NHWC relu", lambda t: fastconv.conv2d(
+            x32.transpose(0, 2, 3, 1), w32, stride=2, layout="NHWC", activation="relu",
+            num_threads=t)),
+        ("conv2d f64 groups", lambda t: fastconv.conv2d(
+            x64, w64, b64, padding="same", dilation=2, groups=4, padding_mode="reflect",
+            num_threads=t)),
+        ("relu", lambda t: fastconv.relu(big, num_threads=t)),
+        ("max_pool2d", lambda t: fastconv.max_pool2d(x32, 3, stride=1, padding=1,
+                                                      num_threads=t)),
+        ("max_pool2d indices NHWC", lambda t: fastconv.max_pool2d(
+            x64.transpose(0, 2, 3, 1), 2, layout="NHWC", return_indices=True,
+            num_threads=t)),
+        ("correlate2d", lambda t: fastconv.correlate2d(image, image[:7, :5], "same")),
+    ]
+
+
+def as_bytes(result):
+    if isinstance(result, tuple):
+        return tuple(r.tobytes() for r in result)
+    return result.tobytes()
+
+
+def run_in_threads(n, target):
+    """Start ``n`` threads running ``target(i)``, join them and re-raise the first error."""
+    errors = []
+
+    def wrapper(i):
+        try:
+            target(i)
+        except BaseException as exc:  # reported below, with the thread it came from
+            errors.append((i, exc))
+
+    threads = [threading.Thread(target=wrapper, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a worker thread did not finish"
+    if errors:
+        raise AssertionError(f"thread {errors[0][0]} failed: {errors[0][1]!r}") from errors[0][1]
+
+
+@needs_proc
+def test_concurrent_callers_bit_identical_and_threads_bounded(rng):
+    calls = make_calls(rng)
+    serial = {name: as_bytes(call(1)) for name, call in calls}
+    team = default_threads()
+    threading.Thread(target=lambda: None).start()  # settle the interpreter's own threads
+    gc.collect()
+    baseline = os_threads()
+    start = threading.Barrier(N_CALLERS)
+    done = threading.Barrier(N_CALLERS + 1)
+    leave = threading.Event()
+    mismatches = []
+
+    def caller(i):
+        start.wait()
+        for repeat in range(3):
+            for k, (name, call) in enumerate(calls):
+                # every caller mixes the default, an explicit team and a serial call
+                threads = (None, team, 1, 2)[(i + k + repeat) % 4]
+                if as_bytes(call(threads)) != serial[name]:
+                    mismatches.append((i, name, threads))
+        done.wait()
+        leave.wait(timeout=60)
+
+    workers = threading.Thread(target=run_in_threads, args=(N_CALLERS, caller))
+    workers.start()
+    done.wait(timeout=300)
+    # Every caller is alive and has led parallel regions: its team's workers are parked.
+    peak = os_threads()
+    leave.set()
+    workers.join()
+    assert not mismatches, f"results differ from the serial call: {mismatches[:5]}"
+    # callers + the thread that started them + each caller's parked OpenMP workers
+    per_caller = max(team, _validation.resolve_num_threads(2))
+    bound = baseline + 1 + N_CALLERS * per_caller
+    assert peak <= bound, f"{peak} OS threads with {N_CALLERS} callers (baseline {baseline})"
+    if _openmp_helpers.openmp_enabled() and per_caller > 1:
+        assert peak > baseline + 1 + N_CALLERS, "the callers never ran a parallel region"
+    # The callers have exited: libgomp ended their teams' workers too.
+    deadline = time.monotonic() + 10
+    while os_threads() > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os_threads() <= baseline, f"{os_threads()} OS threads left (baseline {baseline})"
+
+
+def test_results_identical_for_every_thread_count(rng):
+    for name, call in make_calls(rng):
+        expected = as_bytes(call(1))
+        for threads in (2, 3, 4, 16, None):
+            assert as_bytes(call(threads)) == expected, (name, threads)
+
+
+def count_new_threads(target):
+    """OS threads a fresh worker thread adds while it runs ``target`` and stays alive."""
+    ready, release = threading.Event(), threading.Event()
+    result = {}
+
+    def worker():
+        result["value"] = target()
+        ready.set()
+        release.wait(timeout=60)
+
+    gc.collect()
+    before = os_threads()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    ready.wait(timeout=120)
+    added = os_threads() - before - 1  # not counting the worker itself
+    release.set()
+    thread.join()
+    return added, result.get("value")
+
+
+@needs_proc
+@pytest.mark.skipif(default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
+                    reason="needs OpenMP and 2 CPUs")
+def test_num_threads_from_worker_threads(rng):
+    x = rng.standard_normal((1, 32, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    expected = fastconv.conv2d(x, w, num_threads=1)
+    added, y = count_new_threads(lambda: fastconv.conv2d(x, w, num_threads=1))
+    assert added == 0 and np.array_equal(y, expected)
+    added, y = count_new_threads(lambda: fastconv.conv2d(x, w, num_threads=2))
+    assert added == 1 and np.array_equal(y, expected)
+
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def test_threadpoolctl_sees_fastconvs_openmp():
+    if not _openmp_helpers.openmp_enabled():
+        pytest.skip("serial build")
+    infos = threadpoolctl.threadpool_info()
+    assert any(info["user_api"] == "openmp" for info in infos), infos
+
+
+@pytest.mark.skipif(default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
+                    reason="needs OpenMP and 2 CPUs")
+def test_threadpool_limits_in_the_calling_thread(rng):
+    x = rng.standard_normal((1, 32, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    expected = fastconv.conv2d(x, w)
+    team = default_threads()
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert default_threads() == 1
+        assert np.array_equal(fastconv.conv2d(x, w), expected)
+        assert _validation.resolve_num_threads(2) == 2  # an explicit num_threads still wins
+    assert default_threads() == team
+
+
+@needs_proc
+@pytest.mark.skipif(default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
+                    reason="needs OpenMP and 2 CPUs")
+def test_threadpool_limits_inside_worker_threads(rng):
+    x = rng.standard_normal((1, 32, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    expected = fastconv.conv2d(x, w, num_threads=1)
+
+    def limited():
+        with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+            return default_threads(), fastconv.conv2d(x, w)
+
+    added, (threads, y) = count_new_threads(limited)
+    assert threads == 1 and added == 0 and np.array_equal(y, expected)
+
+    # 16 workers, each limiting itself, all at once
+    seen = []
+    run_in_threads(N_CALLERS, lambda i: seen.append(limited()))
+    assert [t for t, _ in seen] == [1] * N_CALLERS
+    assert all(np.array_equal(y, expected) for _, y in seen)
+
+
+@pytest.mark.skipif(default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
+                    reason="needs OpenMP and 2 CPUs")
+def test_threadpool_limits_do_not_reach_other_threads():
+    """Documented behaviour: a limit set in one thread leaves other threads (existing or new)
+    at the process default; limit inside the workers, or pass num_threads=."""
+    team = default_threads()
+    seen = []
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert default_threads() == 1
+        run_in_threads(4, lambda i: seen.append(default_threads()))
+    assert seen == [team] * 4
+
+
+def test_omp_num_threads_applies_to_every_thread():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    env["PYTHONPATH"] = package_parent
+    script = textwrap.dedent("""
+        import threading
+        from fastconv import _validation
+        seen = [_validation.resolve_num_threads(None)]
+        t = threading.Thread(target=lambda: seen.append(_validation.resolve_num_threads(None)))
+        t.start(); t.join()
+        print(seen)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, env=env, timeout=120, cwd=os.path.dirname(package_parent))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[1, 1]"
