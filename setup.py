@@ -7,7 +7,7 @@ best one the CPU supports at import time, so wheels stay portable (no ``-march=n
 Environment switches:
   FASTCONV_REQUIRE_OPENMP=1   fail the build instead of building serial kernels
   FASTCONV_BOUNDSCHECK=1      turn Cython bounds/wraparound checks back on (debugging)
-  FASTCONV_SANITIZE=address   build with -fsanitize=address,undefined (see tests/README)
+  FASTCONV_SANITIZE=address   build with -fsanitize=<value> (tests/tools/run_asan.sh runs the suite)
   FASTCONV_MARCH_NATIVE=1     add -march=native (local experiments only, never for wheels)
   FASTCONV_BUILD_ONLY=conv,pool   build only these kernel families (development rebuilds)
 """

@@ -114,7 +114,7 @@ def conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, grou
     """
     x = np.asarray(x)
     weight = np.asarray(weight)
-    dtype = result_dtype(x, weight)
+    dtype = result_dtype(x, weight, *(() if bias is None else (np.asarray(bias),)))
     unbatched = x.ndim == 3
     x64 = x.astype(np.float64)[None] if unbatched else x.astype(np.float64)
     if layout == "NHWC":
@@ -142,8 +142,8 @@ def conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, grou
         xg = windows[:, g * cg:(g + 1) * cg]  # (N, C/groups, OH, OW, KH, KW)
         wg = w64[g * fg:(g + 1) * fg]  # (F/groups, C/groups, KH, KW)
         # sum over channel and kernel position -> (N, OH, OW, F/groups)
-        yg = np.tensordot(xg, wg, axes=([1, 4, 5], [1, 2, 3]))
-        y[:, g * fg:(g + 1) * fg] = yg.transpose(0, 3, 1, 2)
+        # einsum without optimize: plain loops, so NaN * 0 stays NaN (BLAS drops it)
+        y[:, g * fg:(g + 1) * fg] = np.einsum("ncijmq,fcmq->nfij", xg, wg, optimize=False)
 
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64).reshape(1, f, 1, 1)
@@ -173,7 +173,7 @@ def _correlate_full(image, kernel):
     kh, kw = kernel.shape
     padded = np.pad(image, ((kh - 1, kh - 1), (kw - 1, kw - 1)))
     windows = sliding_window_view(padded, (kh, kw))  # (H + KH - 1, W + KW - 1, KH, KW)
-    return np.tensordot(windows, kernel, axes=([2, 3], [0, 1]))
+    return np.einsum("ijmq,mq->ij", windows, kernel, optimize=False)  # no BLAS: NaN * 0 is NaN
 
 
 def correlate2d_reference(image, kernel, mode="valid"):
