@@ -165,6 +165,9 @@ cdef void _fill_slab(
                     src = x_row + c * sc + (lo * stride_w + offset) * sw
                     if step == 1:
                         _copy(dst + c * channel_stride + lo, src, hi - lo)
+                    elif step == 2:  # stride 2 with a constant step vectorises (even lanes)
+                        for k in range(hi - lo):
+                            dst[c * channel_stride + lo + k] = src[2 * k]
                     else:
                         for k in range(hi - lo):
                             dst[c * channel_stride + lo + k] = src[k * step]
