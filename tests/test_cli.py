@@ -22,7 +22,7 @@ import fastconv
 from fastconv import _cli, _images
 
 PACKAGE_ROOT = Path(fastconv.__file__).resolve().parents[1]
-EXAMPLES = PACKAGE_ROOT / "examples"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # the repository's, beside tests/
 
 
 def run_cli(*args, cwd, timeout=180, block=(), env_extra=None):

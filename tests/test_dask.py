@@ -354,10 +354,11 @@ def test_explicit_num_threads_gives_same_bits():
         assert_array_equal(y.compute(scheduler="threads"), expected, strict=True)
 
 
-def test_import_fastconv_does_not_import_dask():
+def test_import_fastconv_does_not_import_dask(tmp_path):
     code = "import sys, fastconv; print('dask' in sys.modules, 'fastconv.dask' in sys.modules)"
+    # cwd away from the source tree: `python -c` puts the cwd first on sys.path.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+                         check=True, cwd=tmp_path).stdout.split()
     assert out == ["False", "False"]
 
 
