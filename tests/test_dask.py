@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -356,9 +358,13 @@ def test_explicit_num_threads_gives_same_bits():
 
 def test_import_fastconv_does_not_import_dask(tmp_path):
     code = "import sys, fastconv; print('dask' in sys.modules, 'fastconv.dask' in sys.modules)"
-    # cwd away from the source tree: `python -c` puts the cwd first on sys.path.
+    # cwd away from the source tree (`python -c` puts the cwd first on sys.path), and the
+    # fastconv under test on the path, installed or built in place.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(fastconv.__file__).resolve().parents[1])]
+        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=tmp_path).stdout.split()
+                         check=True, cwd=tmp_path, env=env).stdout.split()
     assert out == ["False", "False"]
 
 
