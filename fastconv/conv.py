@@ -128,6 +128,20 @@ def _resolve_padding(padding, in_size, extent, stride):
     return tuple(int(value) for value in values)
 
 
+def _output_geometry(height, width, kernel, stride, dilation, padding, context):
+    """``((top, bottom, left, right), OH, OW)`` of a convolution; ValueError (with ``context``
+    naming the input) when the dilated kernel is larger than the padded input."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    pads = _resolve_padding(padding, (height, width), (ext_h, ext_w), (sh, sw))
+    padded_h, padded_w = height + pads[0] + pads[1], width + pads[2] + pads[3]
+    if padded_h < ext_h or padded_w < ext_w:
+        raise ValueError(f"Calculated padded input size per channel: ({padded_h} x {padded_w}). "
+                         f"Kernel size (dilated): ({ext_h} x {ext_w}). Kernel size can't be "
+                         f"greater than the padded input size ({context})")
+    return pads, (padded_h - ext_h) // sh + 1, (padded_w - ext_w) // sw + 1
+
+
 def _check_mode_padding(padding_mode, pads, height, width):
     top, bottom, left, right = pads
     for name, pad, size in (("top", top, height), ("bottom", bottom, height),
@@ -248,19 +262,11 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
     padding_mode = v.check_choice(padding_mode, "padding_mode", PADDING_MODES)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None or 'relu'; got {activation!r}")
-    ext_h, ext_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    pads = _resolve_padding(padding, (height, width), (ext_h, ext_w), (sh, sw))
-    top, bottom, left, right = pads
+    pads, out_h, out_w = _output_geometry(
+        height, width, (kh, kw), (sh, sw), (dh, dw), padding,
+        f"x.shape = {x.shape}, padding = {padding!r}, dilation = {dilation!r}")
     if padding_mode != "zeros":
         _check_mode_padding(padding_mode, pads, height, width)
-    padded_h, padded_w = height + top + bottom, width + left + right
-    if padded_h < ext_h or padded_w < ext_w:
-        raise ValueError(f"Calculated padded input size per channel: ({padded_h} x {padded_w}). "
-                         f"Kernel size (dilated): ({ext_h} x {ext_w}). Kernel size can't be "
-                         f"greater than the padded input size (x.shape = {x.shape}, "
-                         f"padding = {padding!r}, dilation = {dilation!r})")
-    out_h = (padded_h - ext_h) // sh + 1
-    out_w = (padded_w - ext_w) // sw + 1
     map_h, map_w = (out_h // pool, out_w // pool) if pool > 1 else (out_h, out_w)
     if map_h < 1 or map_w < 1:  # the same refusal as max_pool2d on the unfused map
         raise ValueError(f"Given input size: ({n_filters}x{out_h}x{out_w}). Calculated output "

@@ -344,17 +344,9 @@ class Conv2D(Layer):
             raise ValueError(f"{self!r} expects {self.in_channels} input channels, got "
                              f"input_shape {tuple(input_shape)} (C = {channels}, "
                              f"layout={layout!r})")
-        ext_h, ext_w = self.kernel_extent
-        top, bottom, left, right = _conv._resolve_padding(self.padding, (height, width),
-                                                          (ext_h, ext_w), self.stride)
-        padded_h, padded_w = height + top + bottom, width + left + right
-        if padded_h < ext_h or padded_w < ext_w:
-            raise ValueError(f"Calculated padded input size per channel: ({padded_h} x "
-                             f"{padded_w}). Kernel size (dilated): ({ext_h} x {ext_w}). Kernel "
-                             f"size can't be greater than the padded input size "
-                             f"(input_shape = {tuple(input_shape)}, {self!r})")
-        out_h, out_w = _conv.output_size((padded_h, padded_w), self.kernel_size, self.stride,
-                                         0, self.dilation)
+        _, out_h, out_w = _conv._output_geometry(
+            height, width, self.kernel_size, self.stride, self.dilation, self.padding,
+            f"input_shape = {tuple(input_shape)}, {self!r}")
         return _join_shape(batch, self.out_channels, out_h, out_w, layout)
 
     def __repr__(self):
