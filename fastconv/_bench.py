@@ -490,9 +490,11 @@ def _pool_numpy(x, kernel, stride, padding, threads):
     return (lambda: func(x, kernel, stride, padding)), _identity
 
 
-def _pool_torch(x, kernel, stride, padding, threads):
+def _pool_torch(x, kernel, stride, padding, threads, channels_last=False):
     torch = _import_torch()
     xt = torch.from_numpy(x)
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last)  # converted once, not timed
 
     def call():
         with torch.inference_mode():
@@ -502,14 +504,7 @@ def _pool_torch(x, kernel, stride, padding, threads):
 
 
 def _pool_torch_cl(x, kernel, stride, padding, threads):
-    torch = _import_torch()
-    xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)  # converted once
-
-    def call():
-        with torch.inference_mode():
-            return torch.nn.functional.max_pool2d(xt, kernel, stride, padding)
-
-    return call, _torch_numpy
+    return _pool_torch(x, kernel, stride, padding, threads, channels_last=True)
 
 
 def _pool_ort(x, kernel, stride, padding, threads):

@@ -117,14 +117,22 @@ class _Parser(argparse.ArgumentParser):
 # option types
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _int_at_least(minimum):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_max_size = _int_at_least(0)
 
 
 def _int_list(text, counts, minimum, what):
@@ -147,16 +155,6 @@ def _padding(text):
         return text.strip().lower()
     return _int_list(text, (1, 2, 4), 0, "'same', 'valid', an integer >= 0, 'H,W' or "
                      "'TOP,BOTTOM,LEFT,RIGHT'")
-
-
-def _max_size(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
