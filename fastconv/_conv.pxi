@@ -206,6 +206,42 @@ cdef void _max_pool_rows(
             dst[(pr * pooled_w + pc) * dst_step] = m
 
 
+cdef void _copy_out(
+    floating *stage,              # IN  staged tile: filter i, row r at i * filter_pitch
+    Py_ssize_t filter_pitch,      #     + r * row_pitch (pooling overwrites it)
+    Py_ssize_t row_pitch, Py_ssize_t f_len, Py_ssize_t rows, Py_ssize_t oh0,
+    floating *out_image,          # OUT one image's output: (F, OH*OW) or (OH*OW, F) if NHWC;
+                                  #     with pool: (F, PH*PW) or (PH*PW, F)
+    Py_ssize_t f, Py_ssize_t n_filters, Py_ssize_t out_h, Py_ssize_t out_w,
+    bint channels_last, Py_ssize_t pool,
+) noexcept nogil:
+    """Copy output rows oh0 .. oh0 + rows of filters f .. f + f_len from the staged tile,
+    dropping its junk columns, or max-pool them (pool > 1; rows is a multiple of pool)."""
+    cdef Py_ssize_t i, row, pr0, pr_len, pooled_h, pooled_w
+    cdef floating *dst
+    if pool > 1:
+        pooled_h = out_h // pool
+        pooled_w = out_w // pool
+        pr0 = oh0 // pool
+        pr_len = min(rows // pool, pooled_h - pr0)
+        for i in range(f_len):
+            if channels_last:
+                dst = out_image + pr0 * pooled_w * n_filters + f + i
+            else:
+                dst = out_image + (f + i) * pooled_h * pooled_w + pr0 * pooled_w
+            _max_pool_rows(stage + i * filter_pitch, row_pitch, pool, pr_len, pooled_w, dst,
+                           n_filters if channels_last else 1)
+    elif not channels_last:
+        for i in range(f_len):
+            dst = out_image + ((f + i) * out_h + oh0) * out_w
+            for row in range(rows):
+                _copy(dst + row * out_w, stage + i * filter_pitch + row * row_pitch, out_w)
+    else:  # transpose: a pixel's channels are contiguous in NHWC
+        for row in range(rows):
+            _transpose_out(stage + row * row_pitch, filter_pitch, f_len, out_w,
+                           out_image + (oh0 + row) * out_w * n_filters + f, n_filters)
+
+
 def conv2d_forward(
     const floating[:, :, :, :] x not None,       # IN  (N, C, H, W) any strides (NHWC = a view)
     const floating[:, :, :, ::1] packed_weight not None,  # IN  (G, FB, R, MR) see conv._pack
@@ -249,20 +285,16 @@ def conv2d_forward(
     cdef const floating *x_data = &x[0, 0, 0, 0] if x.size > 0 else NULL
     cdef floating *out_data = &out[0, 0, 0]
     cdef Py_ssize_t out_pixels = out_h * out_w
-    cdef Py_ssize_t pooled_h = out_h // pool if pool > 1 else out_h
-    cdef Py_ssize_t pooled_w = out_w // pool if pool > 1 else out_w
-    cdef Py_ssize_t pooled_pixels = pooled_h * pooled_w
+    cdef Py_ssize_t pooled_pixels = (out_h // pool) * (out_w // pool) if pool > 1 else out_pixels
     # The staged output tile of a task: its filters x its pixels (over the row pitch).
     cdef Py_ssize_t stage_pitch = (rows_per_task * pitch + nr - 1) // nr * nr
     cdef Py_ssize_t stage_size = fblocks_per_task * FC_MR * stage_pitch
     cdef Py_ssize_t scratch_per_thread = slab_size + stage_size
     cdef Py_ssize_t task, n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0
-    cdef Py_ssize_t f_local, f_len, i, f, row, ow, pr0, pr_len
+    cdef Py_ssize_t f_local
     cdef floating *scratch
     cdef floating *slab
     cdef floating *stage
-    cdef floating *dst
-    cdef const floating *src
     cdef const floating *bias_ptr
     cdef bint last
     cdef long long work = <long long>n_images * out_pixels * n_filters * depth
@@ -312,29 +344,10 @@ def conv2d_forward(
                 c0 = c0 + cc
             # Copy the staged tile out, dropping the junk columns past out_w.
             f_local = fb0 * FC_MR
-            f_len = min(fb1 * FC_MR, filters_per_group) - f_local
-            f = g * filters_per_group + f_local
-            if pool > 1:
-                pr0 = oh0 // pool
-                pr_len = min(rows // pool, pooled_h - pr0)
-                for i in range(f_len):
-                    if channels_last:
-                        dst = out_data + (n * pooled_pixels + pr0 * pooled_w) * n_filters + f + i
-                    else:
-                        dst = out_data + (n * n_filters + f + i) * pooled_pixels + pr0 * pooled_w
-                    _max_pool_rows(stage + i * stage_pitch, pitch, pool, pr_len, pooled_w, dst,
-                                   n_filters if channels_last else 1)
-            elif not channels_last:
-                for i in range(f_len):
-                    src = stage + i * stage_pitch
-                    dst = out_data + (n * n_filters + f + i) * out_pixels + oh0 * out_w
-                    for row in range(rows):
-                        _copy(dst + row * out_w, src + row * pitch, out_w)
-            else:  # transpose: a pixel's channels are contiguous in NHWC
-                for row in range(rows):
-                    _transpose_out(stage + row * pitch, stage_pitch, f_len, out_w,
-                                   out_data + (n * out_pixels + (oh0 + row) * out_w) * n_filters + f,
-                                   n_filters)
+            _copy_out(stage, stage_pitch, pitch, min(fb1 * FC_MR, filters_per_group) - f_local,
+                      rows, oh0, out_data + n * n_filters * pooled_pixels,
+                      g * filters_per_group + f_local, n_filters, out_h, out_w,
+                      channels_last, pool)
     free(scratch)
 
 
@@ -358,3 +371,6 @@ def pack_weights(
                 for i in range(FC_MR):
                     f = fb * FC_MR + i
                     dst[i] = weight[g, f, r] if f < per_group else 0
+
+
+include "_conv_depthwise.pxi"

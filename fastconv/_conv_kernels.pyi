@@ -8,6 +8,8 @@ NR_FLOAT32: int
 NR_FLOAT64: int
 ROW_NR_FLOAT32: int
 ROW_NR_FLOAT64: int
+LANES_FLOAT32: int
+LANES_FLOAT64: int
 
 def conv2d_forward(
     x: npt.NDArray[np.floating],
@@ -36,5 +38,27 @@ def conv2d_forward(
 def pack_weights(
     weight: npt.NDArray[np.floating],
     packed: npt.NDArray[np.floating],
+    num_threads: int,
+) -> None: ...
+def depthwise_conv2d_forward(
+    x: npt.NDArray[np.floating],
+    weight: npt.NDArray[np.floating],
+    bias: npt.NDArray[np.floating],
+    row_src: npt.NDArray[np.intp],
+    col_src: npt.NDArray[np.intp],
+    col_inner: npt.NDArray[np.intp],
+    tap_offset: npt.NDArray[np.intp],
+    out: npt.NDArray[np.floating],
+    stride_h: int,
+    stride_w: int,
+    out_h: int,
+    out_w: int,
+    rows_per_task: int,
+    groups_per_task: int,
+    stage_row: int,
+    slab_size: int,
+    channels_last: bool,
+    relu: bool,
+    pool: int,
     num_threads: int,
 ) -> None: ...

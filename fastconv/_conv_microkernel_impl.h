@@ -79,6 +79,70 @@ static inline void FC_NAME(fc_microkernel_row)(
     }
 }
 
+/* Depthwise convolution (one input channel per filter): a filter is a small 2-D stencil,
+ * so output rows are computed directly, n_rows x n_vec vectors of pixels per tile:
+ *   c[row * c_step + j] = bias + sum_r w[r] * b[row * b_step + b_offset[r] + j]
+ * in whole vectors (junk lanes past the row's end land in c's padding). r runs in order. */
+static inline __attribute__((always_inline)) void FC_NAME(fc_stencil_tile)(
+    const int n_rows, const int n_vec, Py_ssize_t taps, const FC_T *restrict w,
+    const FC_T *restrict b, Py_ssize_t b_step, const Py_ssize_t *restrict b_offset,
+    FC_T *restrict c, Py_ssize_t c_step, FC_T bias, int relu)
+{
+    FC_V acc[2][FC_ROW_NV];
+    for (int i = 0; i < n_rows; i++)
+        for (int v = 0; v < n_vec; v++) acc[i][v] = (FC_V){0} + bias;
+    for (Py_ssize_t r = 0; r < taps; r++) {
+        const FC_T wr = w[r];
+        const FC_T *br = b + b_offset[r];
+        for (int i = 0; i < n_rows; i++)
+            for (int v = 0; v < n_vec; v++)
+                acc[i][v] += *(const FC_VU *)(br + i * b_step + v * FC_LANES) * wr;
+    }
+    const FC_V zero = {0};
+    for (int i = 0; i < n_rows; i++) {
+        for (int v = 0; v < n_vec; v++) {
+            if (relu) acc[i][v] = (FC_V)((FC_VI)acc[i][v] & ~(FC_VI)(acc[i][v] < zero));
+            *(FC_VU *)(c + i * c_step + v * FC_LANES) = acc[i][v];
+        }
+    }
+}
+
+/* n_rows output rows of n pixels each; rows of B are b_step apart, rows of C c_step apart.
+ * Narrow rows go two at a time so that at least two (usually four) FMA chains overlap. */
+static inline void FC_NAME(fc_stencil_rows)(
+    Py_ssize_t taps, const FC_T *restrict w, const FC_T *restrict b, Py_ssize_t b_step,
+    const Py_ssize_t *restrict b_offset, FC_T *restrict c, Py_ssize_t c_step,
+    Py_ssize_t n_rows, Py_ssize_t n, FC_T bias, int relu)
+{
+#if FC_ROW_NV != 4
+#error "fc_stencil_rows is written for FC_ROW_NV == 4"
+#endif
+    const Py_ssize_t n_vec = (n + FC_LANES - 1) / FC_LANES;
+    Py_ssize_t row = 0;
+    if (n_vec <= 2) {
+        for (; row + 2 <= n_rows; row += 2) {
+            const FC_T *br = b + row * b_step;
+            FC_T *cr = c + row * c_step;
+            if (n_vec == 1) FC_NAME(fc_stencil_tile)(2, 1, taps, w, br, b_step, b_offset, cr, c_step, bias, relu);
+            else FC_NAME(fc_stencil_tile)(2, 2, taps, w, br, b_step, b_offset, cr, c_step, bias, relu);
+        }
+    }
+    for (; row < n_rows; row++) {
+        const FC_T *br = b + row * b_step;
+        FC_T *cr = c + row * c_step;
+        Py_ssize_t v = 0;
+        for (; v + FC_ROW_NV <= n_vec; v += FC_ROW_NV)
+            FC_NAME(fc_stencil_tile)(1, FC_ROW_NV, taps, w, br + v * FC_LANES, 0, b_offset,
+                                     cr + v * FC_LANES, 0, bias, relu);
+        switch (n_vec - v) {
+        case 1: FC_NAME(fc_stencil_tile)(1, 1, taps, w, br + v * FC_LANES, 0, b_offset, cr + v * FC_LANES, 0, bias, relu); break;
+        case 2: FC_NAME(fc_stencil_tile)(1, 2, taps, w, br + v * FC_LANES, 0, b_offset, cr + v * FC_LANES, 0, bias, relu); break;
+        case 3: FC_NAME(fc_stencil_tile)(1, 3, taps, w, br + v * FC_LANES, 0, b_offset, cr + v * FC_LANES, 0, bias, relu); break;
+        default: break;
+        }
+    }
+}
+
 #undef FC_T
 #undef FC_V
 #undef FC_VU

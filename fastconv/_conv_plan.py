@@ -65,22 +65,9 @@ def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w
     dh, dw = dilation
     top, _, left, right = pads
 
-    # Column phases: tap kw reads slab column ow + (kw*dw)//sw of phase (kw*dw) % sw.
-    phases = sorted({(k * dw) % sw for k in range(kw)})
+    phases, pitch, col_src, col_inner = _column_maps(width, out_w, kw, sw, dw, left, right,
+                                                     padding_mode)
     phase_of = {p: i for i, p in enumerate(phases)}
-    pitch = out_w + ((kw - 1) * dw) // sw
-    padded_w = left + width + right
-    idx = np.arange(pitch, dtype=np.intp)
-    col_src = np.empty((len(phases), pitch), dtype=np.intp)
-    col_inner = np.empty((len(phases), 3), dtype=np.intp)
-    for i, p in enumerate(phases):
-        padded = idx * sw + p
-        mapped = source_index(padded - left, width, padding_mode)
-        col_src[i] = np.where(padded < padded_w, mapped, -1)  # past the padding: junk only
-        offset = p - left
-        first = min(max(-(offset // sw), 0), pitch)      # smallest q with q*sw + offset >= 0
-        end = min(max((width - 1 - offset) // sw + 1, first), pitch)
-        col_inner[i] = first, end, offset
 
     rows = _rows_per_task(out_h, out_w, pitch, nr, n_images * groups)
     rows = -(-rows // row_multiple) * row_multiple
@@ -122,6 +109,92 @@ def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w
         table.flags.writeable = False  # shared by every call through the cache
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
                     slab_size)
+
+
+def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode):
+    """The slab's columns: the stride phases, the pitch, and per phase the input column of
+    each slab column (-1 = zero) and the linear interior ``[first, end)`` with its offset."""
+    # Column phases: tap kw reads slab column ow + (kw*dw)//sw of phase (kw*dw) % sw.
+    phases = sorted({(k * dw) % sw for k in range(kw)})
+    pitch = out_w + ((kw - 1) * dw) // sw
+    padded_w = left + width + right
+    idx = np.arange(pitch, dtype=np.intp)
+    col_src = np.empty((len(phases), pitch), dtype=np.intp)
+    col_inner = np.empty((len(phases), 3), dtype=np.intp)
+    for i, p in enumerate(phases):
+        padded = idx * sw + p
+        mapped = source_index(padded - left, width, padding_mode)
+        col_src[i] = np.where(padded < padded_w, mapped, -1)  # past the padding: junk only
+        offset = p - left
+        first = min(max(-(offset // sw), 0), pitch)      # smallest q with q*sw + offset >= 0
+        end = min(max((width - 1 - offset) // sw + 1, first), pitch)
+        col_inner[i] = first, end, offset
+    return phases, pitch, col_src, col_inner
+
+
+class DepthwisePlan(NamedTuple):
+    row_src: np.ndarray      # (row bands, slab rows) input row of each slab row, -1 = zero
+    col_src: np.ndarray      # (P, pitch) as ConvPlan's
+    col_inner: np.ndarray    # (P, 3) as ConvPlan's
+    tap_offset: np.ndarray   # (KH*KW,) slab offset of tap (kh, kw) from its output row's base
+    rows_per_task: int
+    groups_per_task: int
+    stage_row: int           # staged output row: out_w rounded up to whole vectors
+    slab_size: int
+
+
+# Bytes of slab per depthwise task at most: a band of a few planes stays in L2.
+DEPTHWISE_SLAB_BYTES = 128 * 1024
+# Groups per depthwise task in NHWC: enough adjacent channels to copy pixels, not channels.
+DEPTHWISE_NHWC_GROUPS = 16
+
+
+@functools.lru_cache(maxsize=256)
+def depthwise_plan(*, n_images, groups, height, width, out_h, out_w, kernel, stride, dilation,
+                   pads, padding_mode, lanes, itemsize, channels_last, row_multiple=1):
+    """The layout of ``_conv_depthwise.pxi`` for one problem shape (one input channel per
+    group). Its slab holds each padded input row of a band once, also for a row stride > 1:
+    output row r of the band reads tap kh from slab row r * stride + kh * dilation."""
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    top, _, left, right = pads
+    phases, pitch, col_src, col_inner = _column_maps(width, out_w, kw, sw, dw, left, right,
+                                                     padding_mode)
+    phase_of = {p: i for i, p in enumerate(phases)}
+
+    def slab_rows_for(rows):
+        return (rows - 1) * sh + (kh - 1) * dh + 1
+
+    groups_per_task = min(groups, DEPTHWISE_NHWC_GROUPS) if channels_last else 1
+    rows = out_h
+    while (rows > row_multiple and groups_per_task * len(phases) * slab_rows_for(rows) * pitch
+           * itemsize > DEPTHWISE_SLAB_BYTES):
+        rows = -(-rows // 2)
+    chunks = n_images * -(-groups // groups_per_task)
+    if chunks * -(-out_h // rows) < MIN_TASKS:  # too few tasks to balance the threads
+        rows = min(rows, -(-out_h // -(-MIN_TASKS // chunks)))
+    rows = -(-rows // row_multiple) * row_multiple
+    row_blocks = -(-out_h // rows)
+
+    slab_rows = slab_rows_for(rows)
+    padded_rows = np.arange(row_blocks)[:, None] * rows * sh + np.arange(slab_rows)[None, :]
+    usable = padded_rows <= (out_h - 1) * sh + (kh - 1) * dh
+    mapped = source_index(padded_rows - top, height, padding_mode)
+    row_src = np.ascontiguousarray(np.where(usable, mapped, -1), dtype=np.intp)
+
+    k_h = np.arange(kh)[:, None]
+    k_w = np.arange(kw)[None, :]
+    phase_idx = np.array([phase_of[(k * dw) % sw] for k in range(kw)])[None, :]
+    tap_offset = (phase_idx * slab_rows + k_h * dh) * pitch + (k_w * dw) // sw
+    tap_offset = np.ascontiguousarray(tap_offset.ravel(), dtype=np.intp)
+    stage_row = -(-out_w // lanes) * lanes
+    # The last vector of a row reads up to stage_row - out_w past the row: slack at the end.
+    slab_size = groups_per_task * len(phases) * slab_rows * pitch + stage_row
+    for table in (row_src, col_src, col_inner, tap_offset):
+        table.flags.writeable = False  # shared by every call through the cache
+    return DepthwisePlan(row_src, col_src, col_inner, tap_offset, rows, groups_per_task,
+                         stage_row, slab_size)
 
 
 def _rows_per_task(out_h, out_w, pitch, nr, planes):

@@ -22,6 +22,9 @@ ACTIVATIONS = (None, "relu")
 CORRELATE_MODES = ("valid", "same", "full")
 # Any larger padding, stride or dilation is a mistake; it would also overflow index maps.
 _MAX_GEOMETRY = 2**31
+# Filters per group at most for the depthwise kernel (one input channel per group); more
+# filters per channel fill the GEMM tile well enough.
+_DEPTHWISE_MAX_MULTIPLIER = 2
 
 class _PackedWeights:
     """Weights (and bias) with their micro-kernel packing cached per dtype.
@@ -292,15 +295,19 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
         if activation == "relu":
             np.maximum(out3, 0, out=out3, where=~np.isnan(out3))
         return out
+    x_kernel = v.as_kernel_input(x_nchw, dtype)
+    if any(s % dtype.itemsize for s in x_kernel.strides) or not x_kernel.flags.aligned:
+        x_kernel = np.ascontiguousarray(x_kernel)
+    per_group = n_filters // groups
+    if in_per_group == 1 and per_group <= _DEPTHWISE_MAX_MULTIPLIER:
+        _depthwise(x_kernel, weight, bias, out3, dtype, (sh, sw), (dh, dw), pads, padding_mode,
+                   out_h, out_w, layout, activation, pool, threads)
+        return out
     if packed_weights is None:
         packed_w, packed_b = _pack(weight, bias, groups, dtype, threads)
     else:
         packed_w, packed_b = packed_weights.packed(dtype)
-
-    x_kernel = v.as_kernel_input(x_nchw, dtype)
-    if any(s % dtype.itemsize for s in x_kernel.strides) or not x_kernel.flags.aligned:
-        x_kernel = np.ascontiguousarray(x_kernel)
-    if n_filters // groups == 1:  # the kernel's one-filter tile
+    if per_group == 1:  # the kernel's one-filter tile
         nr = _kernels.ROW_NR_FLOAT32 if dtype == np.float32 else _kernels.ROW_NR_FLOAT64
     else:
         nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
@@ -312,11 +319,33 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
     _kernels.conv2d_forward(
         x_kernel, packed_w, packed_b, layout_plan.row_src, layout_plan.col_src,
         layout_plan.col_inner, layout_plan.b_offset, out3,
-        sw, kh, kw, out_h, out_w, n_filters // groups,
+        sw, kh, kw, out_h, out_w, per_group,
         layout_plan.rows_per_task, layout_plan.channels_per_chunk, layout_plan.fblocks_per_task,
         layout_plan.slab_size, layout == "NHWC", activation == "relu", pool, threads,
     )
     return out
+
+
+def _depthwise(x, weight, bias, out3, dtype, stride, dilation, pads, padding_mode, out_h,
+               out_w, layout, activation, pool, threads):
+    """The depthwise kernel: one input channel per group (see ``_conv_depthwise.pxi``)."""
+    n_images, channels, height, width = x.shape
+    n_filters, _, kh, kw = weight.shape
+    lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
+    layout_plan = _conv_plan.depthwise_plan(
+        n_images=n_images, groups=channels, height=height, width=width, out_h=out_h,
+        out_w=out_w, kernel=(kh, kw), stride=stride, dilation=dilation, pads=pads,
+        padding_mode=padding_mode, lanes=lanes, itemsize=dtype.itemsize,
+        channels_last=layout == "NHWC", row_multiple=pool)
+    taps = np.ascontiguousarray(v.as_kernel_input(weight, dtype).reshape(
+        channels, n_filters // channels, kh * kw))
+    bias = np.zeros(n_filters, dtype) if bias is None else np.ascontiguousarray(
+        v.as_kernel_input(bias, dtype))
+    _kernels.depthwise_conv2d_forward(
+        x, taps, bias, layout_plan.row_src, layout_plan.col_src, layout_plan.col_inner,
+        layout_plan.tap_offset, out3, stride[0], stride[1], out_h, out_w,
+        layout_plan.rows_per_task, layout_plan.groups_per_task, layout_plan.stage_row,
+        layout_plan.slab_size, layout == "NHWC", activation == "relu", pool, threads)
 
 
 def _check_image_and_kernel(image, kernel):

@@ -196,6 +196,76 @@ def test_mixed_configs(check_conv, rng, cfg):
     check_conv(x, w, b, exact=make["integer"], **cfg)
 
 
+def _depthwise_configs(count, seed):
+    """Depthwise layers (one input channel per group, 1 or 2 filters each: the stencil
+    kernel), wide enough for whole 4-vector tiles and tall enough to split into bands."""
+    rng = np.random.default_rng(seed)
+    configs = []
+    while len(configs) < count:
+        c = int(rng.choice([1, 3, 17, 20]))
+        kh, kw = (int(k) for k in rng.integers(1, 8, 2))
+        stride = tuple(int(s) for s in rng.integers(1, 4, 2))
+        dilation = tuple(int(d) for d in rng.integers(1, 3, 2))
+        h, w = (int(s) for s in rng.integers(1, 90, 2))
+        mode = str(rng.choice(PADDING_MODES))
+        padding = [int(rng.integers(0, 4)), "same", "valid"][int(rng.integers(0, 3))]
+        pads = conv_padding_reference(padding, (h, w), (kh, kw), stride, dilation)
+        if mode == "reflect" and (max(pads[:2]) >= h or max(pads[2:]) >= w):
+            continue
+        if mode == "circular" and (max(pads[:2]) > h or max(pads[2:]) > w):
+            continue
+        if (h + pads[0] + pads[1] < dilation[0] * (kh - 1) + 1
+                or w + pads[2] + pads[3] < dilation[1] * (kw - 1) + 1):
+            continue
+        configs.append(dict(
+            n=int(rng.integers(1, 3)), c=c, f=c * int(rng.choice([1, 1, 2])), h=h, w=w,
+            kernel=(kh, kw), groups=c, stride=stride, dilation=dilation, padding=padding,
+            padding_mode=mode, layout=str(rng.choice(LAYOUTS)),
+            bias=bool(rng.random() < 0.7), activation=None if rng.random() < 0.7 else "relu",
+            dtype=[np.float32, np.float64][int(rng.integers(0, 2))]))
+    return configs
+
+
+@pytest.mark.parametrize("cfg", _depthwise_configs(40, seed=11), ids=_config_id)
+def test_depthwise_configs(check_conv, rng, cfg):
+    cfg = dict(cfg)
+    make = {k: cfg.pop(k) for k in ("n", "c", "f", "h", "w", "kernel", "bias", "dtype")}
+    x, w, b = make_inputs(rng, groups=cfg["groups"], layout=cfg["layout"], integer=True, **make)
+    check_conv(x, w, b, exact=True, **cfg)
+    x, w, b = make_inputs(rng, groups=cfg["groups"], layout=cfg["layout"], **make)
+    check_conv(x, w, b, **cfg)
+
+
+@pytest.mark.parametrize("per_group, in_per_group, expected", [
+    (1, 1, True), (2, 1, True), (3, 1, False), (1, 2, False)])
+def test_depthwise_kernel_serves_one_input_channel_per_group(monkeypatch, rng, per_group,
+                                                             in_per_group, expected):
+    calls = []
+    original = fastconv.conv._depthwise
+    monkeypatch.setattr(fastconv.conv, "_depthwise",
+                        lambda *args: calls.append(args) or original(*args))
+    x, w, b = make_inputs(rng, c=4 * in_per_group, f=4 * per_group, groups=4, integer=True)
+    y = fastconv.conv2d(x, w, b, groups=4, padding=1)
+    assert bool(calls) == expected
+    assert_array_equal(y, conv2d_reference(x, w, b, groups=4, padding=1).astype(np.float32))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("pool", [2, 3])
+def test_depthwise_fused_pooling_equals_separate_calls(rng, layout, stride, pool):
+    """conv -> ReLU -> pool in the depthwise kernel: the bits of the three separate calls."""
+    from fastconv.conv import _conv2d
+
+    x, w, b = make_inputs(rng, n=2, c=24, h=45, w=37, f=24, kernel=(5, 5), groups=24,
+                          layout=layout)
+    fused = _conv2d(x, w, b, stride, 2, 1, 24, "zeros", layout, "relu", None, None, pool)
+    separate = fastconv.max_pool2d(
+        fastconv.conv2d(x, w, b, stride=stride, padding=2, groups=24, layout=layout,
+                        activation="relu"), pool, layout=layout)
+    assert_array_equal(fused.view(np.uint32), separate.view(np.uint32))
+
+
 # Larger layers that reach the blocked / packed / parallel paths of the kernel.
 LARGER = [
     dict(n=2, c=3, h=32, w=32, f=64, kernel=(3, 3), padding="same"),  # seed layer, small
@@ -700,6 +770,7 @@ THREAD_LAYERS = [
     dict(n=2, c=8, h=32, w=32, f=24, kernel=(3, 3), padding=1, groups=2, layout="NHWC"),
     dict(n=1, c=16, h=32, w=30, f=16, kernel=(3, 3), padding="same", groups=16),
     dict(n=1, c=16, h=32, w=30, f=16, kernel=(5, 5), padding=2, groups=16, layout="NHWC"),
+    dict(n=2, c=24, h=57, w=70, f=48, kernel=(5, 5), padding=2, stride=2, groups=24),
     dict(n=3, c=3, h=33, w=31, f=40, kernel=(5, 3), padding="same", stride=2,
          padding_mode="reflect"),
     dict(n=1, c=64, h=20, w=20, f=64, kernel=(1, 1), padding=0, layout="NHWC"),

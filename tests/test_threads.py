@@ -61,6 +61,8 @@ def make_calls(rng):
         ("conv2d f64 groups", lambda t: fastconv.conv2d(
             x64, w64, b64, padding="same", dilation=2, groups=4, padding_mode="reflect",
             num_threads=t)),
+        ("conv2d f32 depthwise s2", lambda t: fastconv.conv2d(
+            x32, w32[:16, :1], padding=1, stride=2, groups=16, num_threads=t)),
         ("relu", lambda t: fastconv.relu(big, num_threads=t)),
         ("max_pool2d", lambda t: fastconv.max_pool2d(x32, 3, stride=1, padding=1,
                                                       num_threads=t)),
