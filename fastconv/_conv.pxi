@@ -12,7 +12,6 @@
 # bit-identical for any thread count.
 
 from cython.parallel cimport parallel, prange, threadid
-from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
 from cython cimport floating
@@ -255,7 +254,9 @@ def conv2d_forward(
     Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count,
     Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t filters_per_group,
     Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
-    Py_ssize_t slab_size, bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
+    Py_ssize_t slab_size, Py_ssize_t stage_pitch,
+    floating[::1] scratch not None,               # SCRATCH num_threads x (slab + staged tile)
+    bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
 ):
     """out = conv(x, weight) + bias (then ReLU, then pool x pool / pool max pooling when
     pool > 1, straight from the staged tile), for a whole batch; see _conv.pxi's header.
@@ -287,12 +288,9 @@ def conv2d_forward(
     cdef Py_ssize_t out_pixels = out_h * out_w
     cdef Py_ssize_t pooled_pixels = (out_h // pool) * (out_w // pool) if pool > 1 else out_pixels
     # The staged output tile of a task: its filters x its pixels (over the row pitch).
-    cdef Py_ssize_t stage_pitch = (rows_per_task * pitch + nr - 1) // nr * nr
-    cdef Py_ssize_t stage_size = fblocks_per_task * FC_MR * stage_pitch
-    cdef Py_ssize_t scratch_per_thread = slab_size + stage_size
+    cdef Py_ssize_t scratch_per_thread = slab_size + fblocks_per_task * FC_MR * stage_pitch
     cdef Py_ssize_t task, n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0
     cdef Py_ssize_t f_local
-    cdef floating *scratch
     cdef floating *slab
     cdef floating *stage
     cdef const floating *bias_ptr
@@ -301,12 +299,12 @@ def conv2d_forward(
 
     if n_tasks == 0:
         return
-    # calloc: the slab's slack (read only by dropped junk columns) stays zero.
-    scratch = <floating *>calloc(num_threads * scratch_per_thread, sizeof(floating))
-    if scratch == NULL:
-        raise MemoryError("conv2d: cannot allocate per-thread scratch")
+    if (stage_pitch < rows_per_task * pitch or stage_pitch % nr
+            or scratch.shape[0] < num_threads * scratch_per_thread):
+        raise ValueError("conv2d_forward: stage_pitch or scratch too small for the plan")
+    # The slab's slack beyond the filled rows is read only by junk columns, which are dropped.
     with nogil, parallel(num_threads=num_threads, use_threads_if=work > 200000):
-        slab = scratch + threadid() * scratch_per_thread
+        slab = &scratch[0] + threadid() * scratch_per_thread
         stage = slab + slab_size
         for task in prange(n_tasks, schedule="dynamic"):
             rb = task % row_blocks
@@ -348,7 +346,6 @@ def conv2d_forward(
                       rows, oh0, out_data + n * n_filters * pooled_pixels,
                       g * filters_per_group + f_local, n_filters, out_h, out_w,
                       channels_last, pool)
-    free(scratch)
 
 
 def pack_weights(

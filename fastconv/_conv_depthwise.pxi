@@ -50,7 +50,9 @@ def depthwise_conv2d_forward(
                                                  #     NHWC; with pool: PH*PW pixels
     Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t rows_per_task, Py_ssize_t groups_per_task, Py_ssize_t stage_row,
-    Py_ssize_t slab_size, bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
+    Py_ssize_t slab_size,
+    floating[::1] scratch not None,              # SCRATCH num_threads x (slab + staged rows)
+    bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
 ):
     """out = depthwise conv(x, weight) + bias (then ReLU, then pool x pool / pool max
     pooling when pool > 1) for a whole batch; see _conv_depthwise.pxi's header.
@@ -74,19 +76,17 @@ def depthwise_conv2d_forward(
     cdef Py_ssize_t out_pixels = out_h * out_w
     cdef Py_ssize_t pooled_pixels = (out_h // pool) * (out_w // pool) if pool > 1 else out_pixels
     cdef Py_ssize_t task, n, chunk, rb, oh0, rows, c0, cc, c, m, f
-    cdef floating *scratch
     cdef floating *slab
     cdef floating *stage
     cdef long long work = <long long>n_images * out_pixels * n_filters * taps
 
     if n_tasks == 0:
         return
-    # calloc: the slab's slack (read only by junk lanes, which are dropped) starts as zeros.
-    scratch = <floating *>calloc(num_threads * scratch_per_thread, sizeof(floating))
-    if scratch == NULL:
-        raise MemoryError("conv2d: cannot allocate per-thread scratch")
+    if scratch.shape[0] < num_threads * scratch_per_thread:
+        raise ValueError("depthwise_conv2d_forward: scratch too small for the plan")
+    # The slab's slack is read only by junk lanes past out_w, which are dropped.
     with nogil, parallel(num_threads=num_threads, use_threads_if=work > 200000):
-        slab = scratch + threadid() * scratch_per_thread
+        slab = &scratch[0] + threadid() * scratch_per_thread
         stage = slab + slab_size
         for task in prange(n_tasks, schedule="dynamic"):
             rb = task % row_blocks
@@ -108,4 +108,3 @@ def depthwise_conv2d_forward(
             _copy_out(stage, filter_pitch, stage_row, cc * per_channel, rows, oh0,
                       out_data + n * n_filters * pooled_pixels, c0 * per_channel, n_filters,
                       out_h, out_w, channels_last, pool)
-    free(scratch)

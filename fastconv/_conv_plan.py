@@ -40,6 +40,8 @@ class ConvPlan(NamedTuple):
     channels_per_chunk: int
     fblocks_per_task: int
     slab_size: int
+    stage_pitch: int         # staged tile: elements per filter (rows * pitch, whole tiles)
+    scratch_per_thread: int  # slab + staged tile (fblocks_per_task * MR filters)
 
 
 def source_index(positions, size, mode):
@@ -57,7 +59,7 @@ def source_index(positions, size, mode):
 
 @functools.lru_cache(maxsize=256)
 def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w,
-         kernel, stride, dilation, pads, padding_mode, nr, itemsize, row_multiple=1):
+         kernel, stride, dilation, pads, padding_mode, mr, nr, itemsize, row_multiple=1):
     """The kernel's layout for one problem shape; cached (layers call it with one shape).
     ``row_multiple``: bands of output rows are a multiple of it (fused pooling windows)."""
     kh, kw = kernel
@@ -108,7 +110,7 @@ def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w
     for table in (row_src, col_src, col_inner, b_offset):
         table.flags.writeable = False  # shared by every call through the cache
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
-                    slab_size)
+                    slab_size, stage_pitch, slab_size + fblocks_per_task * mr * stage_pitch)
 
 
 def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode):
@@ -141,6 +143,7 @@ class DepthwisePlan(NamedTuple):
     groups_per_task: int
     stage_row: int           # staged output row: out_w rounded up to whole vectors
     slab_size: int
+    scratch_per_thread: int  # slab + staged rows of the task's filters
 
 
 # Bytes of slab per depthwise task at most: a band of a few planes stays in L2.
@@ -150,8 +153,9 @@ DEPTHWISE_NHWC_GROUPS = 16
 
 
 @functools.lru_cache(maxsize=256)
-def depthwise_plan(*, n_images, groups, height, width, out_h, out_w, kernel, stride, dilation,
-                   pads, padding_mode, lanes, itemsize, channels_last, row_multiple=1):
+def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w, kernel, stride,
+                   dilation, pads, padding_mode, lanes, itemsize, channels_last,
+                   row_multiple=1):
     """The layout of ``_conv_depthwise.pxi`` for one problem shape (one input channel per
     group). Its slab holds each padded input row of a band once, also for a row stride > 1:
     output row r of the band reads tap kh from slab row r * stride + kh * dilation."""
@@ -194,7 +198,8 @@ def depthwise_plan(*, n_images, groups, height, width, out_h, out_w, kernel, str
     for table in (row_src, col_src, col_inner, tap_offset):
         table.flags.writeable = False  # shared by every call through the cache
     return DepthwisePlan(row_src, col_src, col_inner, tap_offset, rows, groups_per_task,
-                         stage_row, slab_size)
+                         stage_row, slab_size,
+                         slab_size + groups_per_task * multiplier * rows * stage_row)
 
 
 def _rows_per_task(out_h, out_w, pitch, nr, planes):

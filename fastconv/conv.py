@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _conv_plan
+from . import _conv_plan, _workspace
 from . import _validation as v
 from ._config import load_kernels
 
@@ -69,14 +69,17 @@ def _prepack_weights(weight, bias=None, groups=1):
     return _PackedWeights(weight, bias, groups)
 
 
-def _pack(weight, bias, groups, dtype, num_threads=1):
+def _pack(weight, bias, groups, dtype, num_threads=1, packed=None):
+    """``(packed_weight (G, FB, R, MR), packed_bias (G, FB*MR))``; ``packed``: where to put the
+    weights (a scratch view), else a new array."""
     mr = _kernels.MR
     n_filters, in_per_group, kh, kw = weight.shape
     per_group = n_filters // groups
     fblocks = -(-per_group // mr)
     depth = in_per_group * kh * kw
     grouped = v.as_kernel_input(weight, dtype).reshape(groups, per_group, depth)
-    packed = np.empty((groups, fblocks, depth, mr), dtype)
+    if packed is None:
+        packed = np.empty((groups, fblocks, depth, mr), dtype)
     _kernels.pack_weights(np.ascontiguousarray(grouped), packed, num_threads)
     packed_bias = np.zeros((groups, fblocks * mr), dtype)
     if bias is not None:
@@ -303,26 +306,36 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
         _depthwise(x_kernel, weight, bias, out3, dtype, (sh, sw), (dh, dw), pads, padding_mode,
                    out_h, out_w, layout, activation, pool, threads)
         return out
-    if packed_weights is None:
-        packed_w, packed_b = _pack(weight, bias, groups, dtype, threads)
-    else:
-        packed_w, packed_b = packed_weights.packed(dtype)
+    mr = _kernels.MR
+    fblocks = -(-per_group // mr)
     if per_group == 1:  # the kernel's one-filter tile
         nr = _kernels.ROW_NR_FLOAT32 if dtype == np.float32 else _kernels.ROW_NR_FLOAT64
     else:
         nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
     layout_plan = _conv_plan.plan(
-        n_images=n_images, groups=groups, in_per_group=in_per_group, fblocks=packed_w.shape[1],
+        n_images=n_images, groups=groups, in_per_group=in_per_group, fblocks=fblocks,
         height=height, width=width, out_h=out_h, out_w=out_w, kernel=(kh, kw),
-        stride=(sh, sw), dilation=(dh, dw), pads=pads, padding_mode=padding_mode, nr=nr,
+        stride=(sh, sw), dilation=(dh, dw), pads=pads, padding_mode=padding_mode, mr=mr, nr=nr,
         itemsize=dtype.itemsize, row_multiple=pool)
-    _kernels.conv2d_forward(
-        x_kernel, packed_w, packed_b, layout_plan.row_src, layout_plan.col_src,
-        layout_plan.col_inner, layout_plan.b_offset, out3,
-        sw, kh, kw, out_h, out_w, per_group,
-        layout_plan.rows_per_task, layout_plan.channels_per_chunk, layout_plan.fblocks_per_task,
-        layout_plan.slab_size, layout == "NHWC", activation == "relu", pool, threads,
-    )
+    packed_size = 0 if packed_weights is not None else groups * fblocks * depth * mr
+    buffer, (scratch, packed_w) = _workspace.acquire(
+        dtype, threads * layout_plan.scratch_per_thread, packed_size)
+    try:
+        if packed_weights is None:
+            packed_w, packed_b = _pack(weight, bias, groups, dtype, threads,
+                                       packed_w.reshape(groups, fblocks, depth, mr))
+        else:
+            packed_w, packed_b = packed_weights.packed(dtype)
+        _kernels.conv2d_forward(
+            x_kernel, packed_w, packed_b, layout_plan.row_src, layout_plan.col_src,
+            layout_plan.col_inner, layout_plan.b_offset, out3,
+            sw, kh, kw, out_h, out_w, per_group,
+            layout_plan.rows_per_task, layout_plan.channels_per_chunk,
+            layout_plan.fblocks_per_task, layout_plan.slab_size, layout_plan.stage_pitch,
+            scratch, layout == "NHWC", activation == "relu", pool, threads,
+        )
+    finally:
+        _workspace.release(buffer)
     return out
 
 
@@ -333,7 +346,8 @@ def _depthwise(x, weight, bias, out3, dtype, stride, dilation, pads, padding_mod
     n_filters, _, kh, kw = weight.shape
     lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
     layout_plan = _conv_plan.depthwise_plan(
-        n_images=n_images, groups=channels, height=height, width=width, out_h=out_h,
+        n_images=n_images, groups=channels, multiplier=n_filters // channels, height=height,
+        width=width, out_h=out_h,
         out_w=out_w, kernel=(kh, kw), stride=stride, dilation=dilation, pads=pads,
         padding_mode=padding_mode, lanes=lanes, itemsize=dtype.itemsize,
         channels_last=layout == "NHWC", row_multiple=pool)
@@ -341,11 +355,16 @@ def _depthwise(x, weight, bias, out3, dtype, stride, dilation, pads, padding_mod
         channels, n_filters // channels, kh * kw))
     bias = np.zeros(n_filters, dtype) if bias is None else np.ascontiguousarray(
         v.as_kernel_input(bias, dtype))
-    _kernels.depthwise_conv2d_forward(
-        x, taps, bias, layout_plan.row_src, layout_plan.col_src, layout_plan.col_inner,
-        layout_plan.tap_offset, out3, stride[0], stride[1], out_h, out_w,
-        layout_plan.rows_per_task, layout_plan.groups_per_task, layout_plan.stage_row,
-        layout_plan.slab_size, layout == "NHWC", activation == "relu", pool, threads)
+    buffer, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
+    try:
+        _kernels.depthwise_conv2d_forward(
+            x, taps, bias, layout_plan.row_src, layout_plan.col_src, layout_plan.col_inner,
+            layout_plan.tap_offset, out3, stride[0], stride[1], out_h, out_w,
+            layout_plan.rows_per_task, layout_plan.groups_per_task, layout_plan.stage_row,
+            layout_plan.slab_size, scratch, layout == "NHWC", activation == "relu", pool,
+            threads)
+    finally:
+        _workspace.release(buffer)
 
 
 def _check_image_and_kernel(image, kernel):

@@ -1,0 +1,48 @@
+"""Scratch memory for kernel calls, kept per calling thread and reused across calls.
+
+A conv2d call needs temporary buffers: the kernel's per-thread slabs and staged tiles, and
+(for the functional API) the packed weights. Allocated per call, they churn the top of
+glibc's heap, which glibc returns to the OS and faults back in on the next call: up to 20%
+of a mid-sized layer's time went to page faults. Here each Python thread keeps one buffer
+and lends it out for the duration of a call. A call that finds it already lent (re-entry
+from a finaliser, say) gets a fresh buffer, so two users never share memory. Buffers larger
+than ``MAX_KEPT_BYTES`` are not kept. Contents are unspecified (not zeroed between calls).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+ALIGN = 64  # bytes: every view starts on a cache line (and a full AVX-512 vector)
+MAX_KEPT_BYTES = 64 << 20
+_local = threading.local()
+
+
+def acquire(dtype, *counts):
+    """``(buffer, views)``: 1-D arrays of ``dtype`` with ``counts`` elements each, aligned
+    and disjoint, carved out of this thread's buffer. Hand ``buffer`` back with
+    :func:`release` once the kernel has returned."""
+    itemsize = dtype.itemsize
+    spans = [-(-count * itemsize // ALIGN) * ALIGN for count in counts]
+    needed = sum(spans) + ALIGN
+    buffer = getattr(_local, "buffer", None)
+    _local.buffer = None  # lent out until release()
+    if buffer is None or buffer.nbytes < needed:
+        grown = needed if buffer is None else max(needed, 2 * buffer.nbytes)
+        buffer = np.zeros(grown, np.uint8)  # zeros: no uninitialised reads, even once
+    start = -buffer.ctypes.data % ALIGN
+    views = []
+    for count, span in zip(counts, spans):
+        views.append(buffer[start:start + count * itemsize].view(dtype))
+        start += span
+    return buffer, views
+
+
+def release(buffer):
+    """Give a buffer from :func:`acquire` back to this thread (unless it is too large)."""
+    if buffer.nbytes <= MAX_KEPT_BYTES:
+        kept = getattr(_local, "buffer", None)
+        if kept is None or kept.nbytes < buffer.nbytes:
+            _local.buffer = buffer
