@@ -353,21 +353,36 @@ def pack_weights(
     floating[:, :, :, ::1] packed not None,       # OUT (G, FB, R, MR), rows past Fg zero
     int num_threads,
 ):
-    """Lay the filters out as the micro-kernel reads them: MR filters per reduction row."""
+    """Lay the filters out as the micro-kernel reads them: MR filters per reduction row.
+    Full blocks of filters go through T x T register transposes (T divides MR)."""
     cdef Py_ssize_t groups = packed.shape[0], fblocks = packed.shape[1]
     cdef Py_ssize_t depth = packed.shape[2], per_group = weight.shape[1]
-    cdef Py_ssize_t task, g, fb, r, i, f
+    cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
+    cdef bint blocked = FC_MR % t == 0
+    cdef Py_ssize_t task, g, fb, r, r0, i, i0, f
     cdef floating *dst
     with nogil:
         for task in prange(groups * fblocks, num_threads=num_threads, schedule="static",
                            use_threads_if=groups * fblocks * depth * FC_MR > 1 << 18):
             g = task // fblocks
             fb = task - g * fblocks
-            for r in range(depth):
+            r0 = 0
+            if blocked and (fb + 1) * FC_MR <= per_group:
+                while r0 + t <= depth:
+                    i0 = 0
+                    while i0 < FC_MR:
+                        if floating is float:
+                            fc_transpose_f32(&packed[g, fb, r0, i0], FC_MR,
+                                             &weight[g, fb * FC_MR + i0, r0], depth)
+                        else:
+                            fc_transpose_f64(&packed[g, fb, r0, i0], FC_MR,
+                                             &weight[g, fb * FC_MR + i0, r0], depth)
+                        i0 = i0 + t
+                    r0 = r0 + t
+            for r in range(r0, depth):
                 dst = &packed[g, fb, r, 0]
                 for i in range(FC_MR):
                     f = fb * FC_MR + i
                     dst[i] = weight[g, f, r] if f < per_group else 0
-
 
 include "_conv_depthwise.pxi"

@@ -1112,3 +1112,25 @@ def test_against_torch_same_padding(kernel, dilation, assert_within_tolerance):
     y = fastconv.conv2d(x, w, b, padding="same", dilation=dilation)
     assert_within_tolerance(y, expected, conv_bound(x, w, b, padding="same", dilation=dilation),
                             c=2 * TOL_C)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape, groups", [((16, 3, 3, 3), 1), ((19, 5, 3, 1), 1),
+                                           ((24, 8, 1, 1), 3), ((8, 1, 5, 5), 2),
+                                           ((7, 2, 2, 2), 1)], ids=repr)
+def test_packed_weight_layout(rng, dtype, shape, groups):
+    """The micro-kernel's panel (G, FB, R, MR): filter fb * MR + i of group g at [g, fb, :, i],
+    zero past the group's filters (full blocks go through register transposes)."""
+    from fastconv.conv import _kernels, _pack
+
+    weight = rng.standard_normal(shape).astype(dtype)
+    bias = rng.standard_normal(shape[0]).astype(dtype)
+    packed, packed_bias = _pack(weight, bias, groups, np.dtype(dtype))
+    mr, per_group = _kernels.MR, shape[0] // groups
+    fblocks = -(-per_group // mr)
+    padded = np.zeros((groups, fblocks * mr, int(np.prod(shape[1:]))), dtype)
+    padded[:, :per_group] = weight.reshape(groups, per_group, -1)
+    expected = padded.reshape(groups, fblocks, mr, -1).transpose(0, 1, 3, 2)
+    assert_array_equal(packed, expected)
+    assert_array_equal(packed_bias[:, :per_group], bias.reshape(groups, per_group))
+    assert not packed_bias[:, per_group:].any()
