@@ -202,10 +202,19 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
                          slab_size + groups_per_task * multiplier * rows * stage_row)
 
 
+def _two_thread_balance(task_sizes):
+    """Useful fraction of two threads' time when they take the tasks in order, each the next
+    one as soon as it is free (OpenMP's dynamic schedule)."""
+    loads = [0, 0]
+    for size in task_sizes:
+        loads[loads[1] < loads[0]] += size
+    return sum(task_sizes) / (2 * max(loads))
+
+
 def _rows_per_task(out_h, out_w, pitch, nr, planes):
     """Output rows per task: among the splits that waste least on junk columns and tile
-    rounding, the largest that still leaves MIN_TASKS tasks over ``planes`` (image, group)
-    pairs, else the smallest."""
+    rounding and still leave MIN_TASKS tasks over ``planes`` (image, group) pairs, the one
+    that keeps two threads busiest, then the largest; else the smallest split."""
     costs = {}
     for rows in range(1, out_h + 1):
         span = rows * pitch
@@ -214,5 +223,13 @@ def _rows_per_task(out_h, out_w, pitch, nr, planes):
         costs[rows] = (-(-span // nr) * nr) / (rows * out_w)  # computed per useful pixel
     best = min(costs.values())
     near_best = [rows for rows, cost in costs.items() if cost <= best * 1.03]
-    balanced = [rows for rows in near_best if planes * -(-out_h // rows) >= MIN_TASKS]
-    return max(balanced) if balanced else min(near_best)
+    enough = [rows for rows in near_best if planes * -(-out_h // rows) >= MIN_TASKS]
+    if not enough:
+        return min(near_best)
+
+    def balance(rows):
+        bands = -(-out_h // rows)
+        sizes = [rows] * (bands - 1) + [out_h - (bands - 1) * rows]
+        return round(_two_thread_balance(sizes * planes), 2)
+
+    return max(enough, key=lambda rows: (balance(rows), rows))
