@@ -21,28 +21,29 @@ _local = threading.local()
 
 
 def acquire(dtype, *counts):
-    """``(buffer, views)``: 1-D arrays of ``dtype`` with ``counts`` elements each, aligned
-    and disjoint, carved out of this thread's buffer. Hand ``buffer`` back with
+    """``(lease, views)``: 1-D arrays of ``dtype`` with ``counts`` elements each, aligned
+    and disjoint, carved out of this thread's buffer. Hand ``lease`` back with
     :func:`release` once the kernel has returned."""
     itemsize = dtype.itemsize
     spans = [-(-count * itemsize // ALIGN) * ALIGN for count in counts]
-    needed = sum(spans) + ALIGN
-    buffer = getattr(_local, "buffer", None)
-    _local.buffer = None  # lent out until release()
-    if buffer is None or buffer.nbytes < needed:
-        grown = needed if buffer is None else max(needed, 2 * buffer.nbytes)
-        buffer = np.zeros(grown, np.uint8)  # zeros: no uninitialised reads, even once
-    start = -buffer.ctypes.data % ALIGN
+    needed = sum(spans)
+    lease = getattr(_local, "lease", None)  # (buffer, offset of its first aligned byte)
+    _local.lease = None  # lent out until release()
+    if lease is None or lease[0].nbytes - lease[1] < needed:
+        size = needed if lease is None else max(needed, 2 * lease[0].nbytes)
+        buffer = np.zeros(size + ALIGN, np.uint8)  # zeros: no uninitialised reads, even once
+        lease = (buffer, -buffer.ctypes.data % ALIGN)
+    buffer, start = lease
     views = []
     for count, span in zip(counts, spans):
         views.append(buffer[start:start + count * itemsize].view(dtype))
         start += span
-    return buffer, views
+    return lease, views
 
 
-def release(buffer):
-    """Give a buffer from :func:`acquire` back to this thread (unless it is too large)."""
-    if buffer.nbytes <= MAX_KEPT_BYTES:
-        kept = getattr(_local, "buffer", None)
-        if kept is None or kept.nbytes < buffer.nbytes:
-            _local.buffer = buffer
+def release(lease):
+    """Give a lease from :func:`acquire` back to this thread (unless its buffer is too large)."""
+    if lease[0].nbytes <= MAX_KEPT_BYTES:
+        kept = getattr(_local, "lease", None)
+        if kept is None or kept[0].nbytes < lease[0].nbytes:
+            _local.lease = lease

@@ -7,6 +7,8 @@ pack the weights for the micro-kernel and hand trusted arrays to the compiled ke
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _conv_plan, _workspace
@@ -219,10 +221,115 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                    layout, activation, out, num_threads, pool=1)
 
 
+class _ConvCall(NamedTuple):
+    """A validated conv2d call: everything but the arrays' values. Calls with the same
+    shapes, strides, dtypes and parameters share one (see ``_call_key``)."""
+    dtype: np.dtype
+    shape: tuple            # of the result
+    kernel_shape: tuple     # the result as the kernel writes it: (N, F, P) or (N, P, F)
+    unbatched: bool
+    channels_last: bool
+    copy_x: bool            # x's strides are not whole elements, or x is misaligned
+    groups: int
+    kernel: tuple           # (KH, KW)
+    stride: tuple
+    pads: tuple
+    out_hw: tuple           # the convolution's (OH, OW), before fused pooling
+    relu: bool
+    pool: int
+    path: str               # "empty", "bias" (no input channels), "depthwise" or "gemm"
+    plan: object            # the kernel's layout: _conv_plan.ConvPlan or DepthwisePlan
+
+
+# Validated calls by key; a call whose key is found skips validation and planning.
+_CALLS: dict[tuple, _ConvCall] = {}
+_MAX_CALLS = 512
+
+
+def _simple(value):
+    """An int, a string, None or a tuple of ints: a parameter whose equality means equal
+    validation (True == 1 and 2.0 == 2 would not, so they take the validating path)."""
+    kind = type(value)
+    return (kind is int or kind is str or value is None
+            or (kind is tuple and all(type(item) is int for item in value)))
+
+
+def _call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
+              activation, out, pool):
+    """Hashable summary of a call that decides its validation and plan, or None for calls
+    that must be validated in full (``out=``, array-likes, unusual parameter types)."""
+    if out is not None or type(x) is not np.ndarray or type(groups) is not int:
+        return None
+    if not (_simple(stride) and _simple(padding) and _simple(dilation)
+            and _simple(padding_mode) and _simple(layout) and _simple(activation)):
+        return None
+    if type(weight) is np.ndarray:
+        weight_key = (weight.shape, weight.dtype)
+    elif type(weight) is _PackedWeights and bias is None:
+        weight_key = (weight.weight.shape, weight.weight.dtype, weight.groups,
+                      None if weight.bias is None else weight.bias.dtype)
+    else:
+        return None
+    if bias is None:
+        bias_key = None
+    elif type(bias) is np.ndarray:
+        bias_key = (bias.shape, bias.dtype)
+    else:
+        return None
+    return (x.shape, x.strides, x.dtype, x.flags.aligned, type(weight), weight_key, bias_key,
+            stride, padding, dilation, groups, padding_mode, layout, activation, pool)
+
+
 def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
             activation, out, num_threads, pool):
     """conv2d, optionally followed by pool x pool / pool max pooling applied inside the kernel
     (``pool > 1``: the full-resolution map is never written). Used by ``layers.Sequential``."""
+    key = _call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
+                    activation, out, pool)
+    call = _CALLS.get(key) if key is not None else None
+    if call is None:
+        call, x, weight, bias = _validate(x, weight, bias, stride, padding, dilation, groups,
+                                          padding_mode, layout, activation, pool)
+        if key is not None:
+            if len(_CALLS) >= _MAX_CALLS:
+                _CALLS.clear()
+            _CALLS[key] = call
+    if isinstance(weight, _PackedWeights):
+        packed_weights = weight
+        weight, bias = weight.weight, weight.bias
+    else:
+        packed_weights = None
+    threads = v.resolve_num_threads(num_threads)
+    if out is None:
+        out = np.empty(call.shape, call.dtype)
+    else:
+        arrays = [(x, "x"), (weight, "weight")] + ([(bias, "bias")] if bias is not None else [])
+        v.check_out(out, call.shape, call.dtype, arrays)
+    if out.size == 0:
+        return out
+    out3 = out.reshape(call.kernel_shape)
+    if call.path == "bias":  # no input channels: the bias alone
+        fill = np.zeros(weight.shape[0], call.dtype) if bias is None else bias.astype(call.dtype)
+        out3[...] = fill if call.channels_last else fill[:, None]
+        if call.relu:
+            np.maximum(out3, 0, out=out3, where=~np.isnan(out3))
+        return out
+    x4 = x[None] if call.unbatched else x
+    x_kernel = v.as_kernel_input(x4.transpose(0, 3, 1, 2) if call.channels_last else x4,
+                                 call.dtype)
+    if call.copy_x:
+        x_kernel = np.ascontiguousarray(x_kernel)
+    if call.path == "depthwise":
+        _depthwise(call, x_kernel, weight, bias, out3, threads)
+    else:
+        _gemm(call, x_kernel, weight, bias, packed_weights, out3, threads)
+    return out
+
+
+def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
+              activation, pool):
+    """Check every argument of a conv2d call (ValueError/TypeError naming the parameter) and
+    return ``(_ConvCall, x, weight, bias)`` with the array-likes as arrays."""
     layout = v.check_layout(layout)
     x = v.as_array(x, "x")
     if x.ndim not in (3, 4):
@@ -234,10 +341,8 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
         if groups not in (1, weight.groups):
             raise ValueError(f"groups = {groups} differs from the prepacked weight's "
                              f"groups = {weight.groups}")
-        packed_weights = weight
-        weight, bias, groups = weight.weight, weight.bias, weight.groups
+        weights, bias_array, groups = weight.weight, weight.bias, weight.groups
     else:
-        packed_weights = None
         weight = v.as_array(weight, "weight")
         if weight.ndim != 4:
             raise ValueError(f"weight must be 4-D (F, C // groups, KH, KW), got shape "
@@ -245,14 +350,16 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
         groups = _check_groups(groups, weight.shape[0], "weight.shape[0] (filters)")
         if bias is not None:
             bias = _check_bias(bias, weight.shape[0])
-    arrays = [(x, "x"), (weight, "weight")] + ([(bias, "bias")] if bias is not None else [])
+        weights, bias_array = weight, bias
+    arrays = [(x, "x"), (weights, "weight")]
+    arrays += [(bias_array, "bias")] if bias_array is not None else []
     dtype = v.compute_dtype(*arrays)
 
     unbatched = x.ndim == 3
     x4 = x[None] if unbatched else x
     x_nchw = x4 if layout == "NCHW" else x4.transpose(0, 3, 1, 2)
     n_images, channels, height, width = x_nchw.shape
-    n_filters, in_per_group, kh, kw = weight.shape
+    n_filters, in_per_group, kh, kw = weights.shape
     if channels % groups:
         raise ValueError(f"input channels C = {channels} are not divisible by groups = {groups}")
     if in_per_group * groups != channels:
@@ -260,7 +367,7 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
                          f"(weight.shape[1] = {in_per_group} x groups = {groups}) but x has "
                          f"C = {channels} (x.shape = {x.shape}, layout={layout!r})")
     if kh < 1 or kw < 1:
-        raise ValueError(f"kernel must be at least 1x1, got weight shape {weight.shape}")
+        raise ValueError(f"kernel must be at least 1x1, got weight shape {weights.shape}")
     sh, sw = v.int_pair(stride, "stride", 1)
     dh, dw = v.int_pair(dilation, "dilation", 1)
     if max(sh, sw, dh, dw) > _MAX_GEOMETRY:
@@ -281,44 +388,53 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
     shape = ((n_filters, map_h, map_w) if layout == "NCHW" else (map_h, map_w, n_filters))
     shape = shape if unbatched else (n_images,) + shape
     v.check_output_size(shape, "conv2d output")
-    threads = v.resolve_num_threads(num_threads)
-    if out is None:
-        out = np.empty(shape, dtype)
-    else:
-        v.check_out(out, shape, dtype, arrays)
-    if out.size == 0:
-        return out
 
-    depth = in_per_group * kh * kw
-    out3 = out.reshape((n_images, n_filters, map_h * map_w) if layout == "NCHW"
-                       else (n_images, map_h * map_w, n_filters))
-    if depth == 0:  # no input channels: the bias alone
-        fill = np.zeros(n_filters, dtype) if bias is None else bias.astype(dtype)
-        out3[...] = fill[:, None] if layout == "NCHW" else fill
-        if activation == "relu":
-            np.maximum(out3, 0, out=out3, where=~np.isnan(out3))
-        return out
-    x_kernel = v.as_kernel_input(x_nchw, dtype)
-    if any(s % dtype.itemsize for s in x_kernel.strides) or not x_kernel.flags.aligned:
-        x_kernel = np.ascontiguousarray(x_kernel)
+    kernel_shape = ((n_images, n_filters, map_h * map_w) if layout == "NCHW"
+                    else (n_images, map_h * map_w, n_filters))
+    # The kernels take any strides in whole elements; a converted x is a fresh array.
+    copy_x = x.dtype == dtype and (any(s % dtype.itemsize for s in x.strides)
+                                   or not x.flags.aligned)
     per_group = n_filters // groups
-    if in_per_group == 1 and per_group <= _DEPTHWISE_MAX_MULTIPLIER:
-        _depthwise(x_kernel, weight, bias, out3, dtype, (sh, sw), (dh, dw), pads, padding_mode,
-                   out_h, out_w, layout, activation, pool, threads)
-        return out
+    geometry = dict(height=height, width=width, out_h=out_h, out_w=out_w, kernel=(kh, kw),
+                    stride=(sh, sw), dilation=(dh, dw), pads=pads, padding_mode=padding_mode,
+                    itemsize=dtype.itemsize, row_multiple=pool)
+    if 0 in shape:
+        path, layout_plan = "empty", None
+    elif in_per_group * kh * kw == 0:
+        path, layout_plan = "bias", None
+    elif in_per_group == 1 and per_group <= _DEPTHWISE_MAX_MULTIPLIER:
+        path = "depthwise"
+        lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
+        layout_plan = _conv_plan.depthwise_plan(
+            n_images=n_images, groups=channels, multiplier=per_group, lanes=lanes,
+            channels_last=layout == "NHWC", **geometry)
+    else:
+        path = "gemm"
+        if per_group == 1:  # the kernel's one-filter tile
+            nr = _kernels.ROW_NR_FLOAT32 if dtype == np.float32 else _kernels.ROW_NR_FLOAT64
+        else:
+            nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
+        layout_plan = _conv_plan.plan(
+            n_images=n_images, groups=groups, in_per_group=in_per_group,
+            fblocks=-(-per_group // _kernels.MR), mr=_kernels.MR, nr=nr, **geometry)
+    call = _ConvCall(dtype, shape, kernel_shape, unbatched, layout == "NHWC", copy_x, groups,
+                     (kh, kw), (sh, sw), pads, (out_h, out_w), activation == "relu", pool, path,
+                     layout_plan)
+    return call, x, weight, bias
+
+
+def _gemm(call, x, weight, bias, packed_weights, out3, threads):
+    """The implicit-GEMM kernel (see ``_conv.pxi``); ``x`` is (N, C, H, W) in the dtype."""
+    n_filters, in_per_group, kh, kw = weight.shape
+    groups, dtype = call.groups, call.dtype
+    per_group = n_filters // groups
+    depth = in_per_group * kh * kw
     mr = _kernels.MR
     fblocks = -(-per_group // mr)
-    if per_group == 1:  # the kernel's one-filter tile
-        nr = _kernels.ROW_NR_FLOAT32 if dtype == np.float32 else _kernels.ROW_NR_FLOAT64
-    else:
-        nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
-    layout_plan = _conv_plan.plan(
-        n_images=n_images, groups=groups, in_per_group=in_per_group, fblocks=fblocks,
-        height=height, width=width, out_h=out_h, out_w=out_w, kernel=(kh, kw),
-        stride=(sh, sw), dilation=(dh, dw), pads=pads, padding_mode=padding_mode, mr=mr, nr=nr,
-        itemsize=dtype.itemsize, row_multiple=pool)
+    out_h, out_w = call.out_hw
+    layout_plan = call.plan
     packed_size = 0 if packed_weights is not None else groups * fblocks * depth * mr
-    buffer, (scratch, packed_w) = _workspace.acquire(
+    lease, (scratch, packed_w) = _workspace.acquire(
         dtype, threads * layout_plan.scratch_per_thread, packed_size)
     try:
         if packed_weights is None:
@@ -327,44 +443,37 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
         else:
             packed_w, packed_b = packed_weights.packed(dtype)
         _kernels.conv2d_forward(
-            x_kernel, packed_w, packed_b, layout_plan.row_src, layout_plan.col_src,
+            x, packed_w, packed_b, layout_plan.row_src, layout_plan.col_src,
             layout_plan.col_inner, layout_plan.b_offset, out3,
-            sw, kh, kw, out_h, out_w, per_group,
+            call.stride[1], kh, kw, out_h, out_w, per_group,
             layout_plan.rows_per_task, layout_plan.channels_per_chunk,
             layout_plan.fblocks_per_task, layout_plan.slab_size, layout_plan.stage_pitch,
-            scratch, layout == "NHWC", activation == "relu", pool, threads,
+            scratch, call.channels_last, call.relu, call.pool, threads,
         )
     finally:
-        _workspace.release(buffer)
-    return out
+        _workspace.release(lease)
 
 
-def _depthwise(x, weight, bias, out3, dtype, stride, dilation, pads, padding_mode, out_h,
-               out_w, layout, activation, pool, threads):
+def _depthwise(call, x, weight, bias, out3, threads):
     """The depthwise kernel: one input channel per group (see ``_conv_depthwise.pxi``)."""
-    n_images, channels, height, width = x.shape
+    channels = x.shape[1]
     n_filters, _, kh, kw = weight.shape
-    lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
-    layout_plan = _conv_plan.depthwise_plan(
-        n_images=n_images, groups=channels, multiplier=n_filters // channels, height=height,
-        width=width, out_h=out_h,
-        out_w=out_w, kernel=(kh, kw), stride=stride, dilation=dilation, pads=pads,
-        padding_mode=padding_mode, lanes=lanes, itemsize=dtype.itemsize,
-        channels_last=layout == "NHWC", row_multiple=pool)
+    dtype = call.dtype
+    out_h, out_w = call.out_hw
+    layout_plan = call.plan
     taps = np.ascontiguousarray(v.as_kernel_input(weight, dtype).reshape(
         channels, n_filters // channels, kh * kw))
     bias = np.zeros(n_filters, dtype) if bias is None else np.ascontiguousarray(
         v.as_kernel_input(bias, dtype))
-    buffer, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
+    lease, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
     try:
         _kernels.depthwise_conv2d_forward(
             x, taps, bias, layout_plan.row_src, layout_plan.col_src, layout_plan.col_inner,
-            layout_plan.tap_offset, out3, stride[0], stride[1], out_h, out_w,
+            layout_plan.tap_offset, out3, call.stride[0], call.stride[1], out_h, out_w,
             layout_plan.rows_per_task, layout_plan.groups_per_task, layout_plan.stage_row,
-            layout_plan.slab_size, scratch, layout == "NHWC", activation == "relu", pool,
-            threads)
+            layout_plan.slab_size, scratch, call.channels_last, call.relu, call.pool, threads)
     finally:
-        _workspace.release(buffer)
+        _workspace.release(lease)
 
 
 def _check_image_and_kernel(image, kernel):

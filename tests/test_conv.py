@@ -1134,3 +1134,38 @@ def test_packed_weight_layout(rng, dtype, shape, groups):
     assert_array_equal(packed, expected)
     assert_array_equal(packed_bias[:, :per_group], bias.reshape(groups, per_group))
     assert not packed_bias[:, per_group:].any()
+
+
+def test_repeated_calls_reuse_validation_but_not_data(rng):
+    """A call like an earlier one skips validation (fastconv.conv._CALLS); its result still
+    comes from this call's arrays."""
+    from fastconv import conv
+
+    conv._CALLS.clear()
+    x, w, b = make_inputs(rng, integer=True)
+    first = fastconv.conv2d(x, w, b, padding=1)
+    assert len(conv._CALLS) == 1
+    x2, w2, b2 = make_inputs(rng, integer=True)
+    again = fastconv.conv2d(x2, w2, b2, padding=1)
+    assert len(conv._CALLS) == 1
+    assert_array_equal(first, conv2d_reference(x, w, b, padding=1).astype(np.float32))
+    assert_array_equal(again, conv2d_reference(x2, w2, b2, padding=1).astype(np.float32))
+    # A view with other strides is another call, checked and planned on its own.
+    twin = np.repeat(x2, 2, axis=3)[..., ::2]
+    assert_array_equal(fastconv.conv2d(twin, w2, b2, padding=1), again)
+    assert len(conv._CALLS) == 2
+
+
+@pytest.mark.parametrize("name, good, bad, error", [
+    ("stride", 1, True, TypeError),
+    ("stride", (1, 1), (1, True), TypeError),
+    ("padding", 1, 1.0, TypeError),
+    ("dilation", 1, np.bool_(True), TypeError),
+    ("groups", 1, True, TypeError),
+])
+def test_cached_calls_do_not_accept_lookalike_arguments(rng, name, good, bad, error):
+    """True == 1 and 1.0 == 1 in Python: a cached call with 1 must not let them through."""
+    x, w, b = make_inputs(rng)
+    fastconv.conv2d(x, w, b, **{name: good})
+    with pytest.raises(error):
+        fastconv.conv2d(x, w, b, **{name: bad})

@@ -364,7 +364,8 @@ def conv_nan_mask(x, weight, kwargs, out_ndim):
     kw = dict(kwargs, activation=None)
     weight = as_ndarray(weight)
     mask = ref.conv2d_reference(_nan_indicator(x), np.ones(weight.shape), **kw) > 0
-    bad_filters = _nan_indicator(weight).reshape(weight.shape[0], -1).any(axis=1)
+    per_filter = int(np.prod(weight.shape[1:]))  # not -1: there may be no filters
+    bad_filters = _nan_indicator(weight).reshape(weight.shape[0], per_filter).any(axis=1)
     if bad_filters.any():
         axis = -1 if kwargs["layout"] == "NHWC" else -3
         shape = [1] * out_ndim

@@ -14,7 +14,8 @@ from fastconv.reference import conv2d_reference
 
 
 def test_views_are_aligned_disjoint_and_sized():
-    buffer, views = _workspace.acquire(np.dtype(np.float32), 5, 0, 17, 1)
+    lease, views = _workspace.acquire(np.dtype(np.float32), 5, 0, 17, 1)
+    buffer = lease[0]
     try:
         assert [v.size for v in views] == [5, 0, 17, 1]
         used = [v for v in views if v.size]
@@ -23,14 +24,14 @@ def test_views_are_aligned_disjoint_and_sized():
             assert a.ctypes.data + a.nbytes <= b.ctypes.data
         assert all(np.shares_memory(v, buffer) for v in views if v.size)
     finally:
-        _workspace.release(buffer)
+        _workspace.release(lease)
 
 
 def test_buffer_is_reused_and_never_lent_twice():
     first, _ = _workspace.acquire(np.dtype(np.float64), 100)
     # Still lent out: a second user (re-entry) must get other memory.
     second, _ = _workspace.acquire(np.dtype(np.float64), 100)
-    assert not np.shares_memory(first, second)
+    assert not np.shares_memory(first[0], second[0])
     _workspace.release(second)
     _workspace.release(first)
     again, _ = _workspace.acquire(np.dtype(np.float64), 10)
@@ -42,9 +43,9 @@ def test_threads_have_their_own_buffers():
     buffers = []
 
     def take():
-        buffer, _ = _workspace.acquire(np.dtype(np.float32), 1000)
-        buffers.append(buffer)
-        _workspace.release(buffer)
+        lease, _ = _workspace.acquire(np.dtype(np.float32), 1000)
+        buffers.append(lease[0])
+        _workspace.release(lease)
 
     threads = [threading.Thread(target=take) for _ in range(3)]
     for t in threads:
@@ -57,9 +58,9 @@ def test_threads_have_their_own_buffers():
 def test_oversized_buffers_are_not_kept(monkeypatch):
     monkeypatch.setattr(_workspace, "MAX_KEPT_BYTES", 1024)
     monkeypatch.setattr(_workspace, "_local", threading.local())
-    buffer, _ = _workspace.acquire(np.dtype(np.float32), 4096)
-    _workspace.release(buffer)
-    assert getattr(_workspace._local, "buffer", None) is None
+    lease, _ = _workspace.acquire(np.dtype(np.float32), 4096)
+    _workspace.release(lease)
+    assert getattr(_workspace._local, "lease", None) is None
 
 
 @pytest.mark.parametrize("cfg", [
@@ -79,7 +80,7 @@ def test_stale_workspace_contents_never_reach_the_output(rng, cfg, layout):
     expected = conv2d_reference(x, w, **cfg).astype(np.float32)
     if layout == "NHWC":
         x, expected = x.transpose(0, 2, 3, 1), expected.transpose(0, 2, 3, 1)
-    buffer, _ = _workspace.acquire(np.dtype(np.float32), 1 << 20)
-    buffer.view(np.float32)[:] = np.nan
-    _workspace.release(buffer)
+    lease, (scratch,) = _workspace.acquire(np.dtype(np.float32), 1 << 20)
+    scratch[:] = np.nan
+    _workspace.release(lease)
     assert_array_equal(fastconv.conv2d(x, w, layout=layout, num_threads=2, **cfg), expected)
