@@ -44,6 +44,12 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_microkernel_f64(Py_ssize_t depth, const double *a, const double *b,
                             const Py_ssize_t *b_offset, double *c, Py_ssize_t ldc,
                             const double *bias, int relu)
+    void fc_microkernel_rows_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
+                                 const float *b, const Py_ssize_t *b_offset, float *c,
+                                 Py_ssize_t ldc, const float *bias, int relu)
+    void fc_microkernel_rows_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
+                                 const double *b, const Py_ssize_t *b_offset, double *c,
+                                 Py_ssize_t ldc, const double *bias, int relu)
     void fc_microkernel_row_f32(Py_ssize_t depth, const float *a, const float *b,
                                 const Py_ssize_t *b_offset, float *c, const float *bias, int relu)
     void fc_microkernel_row_f64(Py_ssize_t depth, const double *a, const double *b,
@@ -66,6 +72,15 @@ cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floatin
         fc_microkernel_f32(depth, a, b, b_offset, c, ldc, bias, relu)
     else:
         fc_microkernel_f64(depth, a, b, b_offset, c, ldc, bias, relu)
+
+
+cdef inline void _microkernel_rows(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
+                                   const floating *b, const Py_ssize_t *b_offset, floating *c,
+                                   Py_ssize_t ldc, const floating *bias, bint relu) noexcept nogil:
+    if floating is float:
+        fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu)
+    else:
+        fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu)
 
 
 cdef inline void _microkernel_row(Py_ssize_t depth, const floating *a, const floating *b,
@@ -243,7 +258,10 @@ cdef void _copy_out(
 
 def conv2d_forward(
     const floating[:, :, :, :] x not None,       # IN  (N, C, H, W) any strides (NHWC = a view)
-    const floating[:, :, :, ::1] packed_weight not None,  # IN  (G, FB, R, MR) see conv._pack
+    const floating[:, :, ::1] filters not None,   # IN  (G, Fg, R) weights, R = (c, kh, kw)
+    const floating[:, :, ::1] tail not None,      # IN  (G, R, MR) last partial block of MR
+                                                  #     filters, packed (see conv._pack), or
+                                                  #     (G, 0, MR) if Fg % MR == 0
     const floating[:, ::1] packed_bias not None,  # IN  (G, FB*MR) bias, zero-padded
     const Py_ssize_t[:, ::1] row_src not None,    # IN  (row bands, slab rows) input row or -1
     const Py_ssize_t[:, ::1] col_src not None,    # IN  (P, Wq) input col per slab column or -1
@@ -262,9 +280,9 @@ def conv2d_forward(
     pool > 1, straight from the staged tile), for a whole batch; see _conv.pxi's header.
     With pooling, rows_per_task is a multiple of pool."""
     cdef Py_ssize_t n_images = x.shape[0]
-    cdef Py_ssize_t groups = packed_weight.shape[0]
-    cdef Py_ssize_t fblocks = packed_weight.shape[1]
-    cdef Py_ssize_t depth = packed_weight.shape[2]
+    cdef Py_ssize_t groups = filters.shape[0]
+    cdef Py_ssize_t fblocks = (filters_per_group + FC_MR - 1) // FC_MR
+    cdef Py_ssize_t depth = filters.shape[2]
     cdef Py_ssize_t in_per_group = x.shape[1] // groups
     cdef Py_ssize_t n_filters = filters_per_group * groups
     cdef Py_ssize_t phases = col_src.shape[0]
@@ -302,6 +320,9 @@ def conv2d_forward(
     if (stage_pitch < rows_per_task * pitch or stage_pitch % nr
             or scratch.shape[0] < num_threads * scratch_per_thread):
         raise ValueError("conv2d_forward: stage_pitch or scratch too small for the plan")
+    if (filters.shape[1] != filters_per_group or packed_bias.shape[1] < fblocks * FC_MR
+            or (filters_per_group % FC_MR and tail.shape[1] != depth)):
+        raise ValueError("conv2d_forward: filters, tail or bias do not match the plan")
     # The slab's slack beyond the filled rows is read only by junk columns, which are dropped.
     with nogil, parallel(num_threads=num_threads, use_threads_if=work > 200000):
         slab = &scratch[0] + threadid() * scratch_per_thread
@@ -326,7 +347,7 @@ def conv2d_forward(
                 j0 = 0
                 while j0 < q_len:
                     if one_filter:
-                        _microkernel_row(cc * taps, &packed_weight[g, 0, c0 * taps, 0],
+                        _microkernel_row(cc * taps, &filters[g, 0, c0 * taps],
                                          slab + j0, &b_offset[0], stage + j0,
                                          &packed_bias[g, 0] if c0 == 0 else NULL,
                                          relu and last)
@@ -334,10 +355,16 @@ def conv2d_forward(
                         continue
                     for fb in range(fb0, fb1):
                         bias_ptr = &packed_bias[g, fb * FC_MR] if c0 == 0 else NULL
-                        _microkernel(cc * taps, &packed_weight[g, fb, c0 * taps, 0],
-                                     slab + j0, &b_offset[0],
-                                     stage + (fb - fb0) * FC_MR * stage_pitch + j0,
-                                     stage_pitch, bias_ptr, relu and last)
+                        if (fb + 1) * FC_MR <= filters_per_group:  # whole block, in place
+                            _microkernel_rows(cc * taps, &filters[g, fb * FC_MR, c0 * taps],
+                                              depth, slab + j0, &b_offset[0],
+                                              stage + (fb - fb0) * FC_MR * stage_pitch + j0,
+                                              stage_pitch, bias_ptr, relu and last)
+                        else:
+                            _microkernel(cc * taps, &tail[g, c0 * taps, 0], slab + j0,
+                                         &b_offset[0],
+                                         stage + (fb - fb0) * FC_MR * stage_pitch + j0,
+                                         stage_pitch, bias_ptr, relu and last)
                     j0 = j0 + nr
                 c0 = c0 + cc
             # Copy the staged tile out, dropping the junk columns past out_w.
@@ -347,42 +374,5 @@ def conv2d_forward(
                       g * filters_per_group + f_local, n_filters, out_h, out_w,
                       channels_last, pool)
 
-
-def pack_weights(
-    const floating[:, :, ::1] weight not None,    # IN  (G, Fg, R) filters, R = (c, kh, kw)
-    floating[:, :, :, ::1] packed not None,       # OUT (G, FB, R, MR), rows past Fg zero
-    int num_threads,
-):
-    """Lay the filters out as the micro-kernel reads them: MR filters per reduction row.
-    Full blocks of filters go through T x T register transposes (T divides MR)."""
-    cdef Py_ssize_t groups = packed.shape[0], fblocks = packed.shape[1]
-    cdef Py_ssize_t depth = packed.shape[2], per_group = weight.shape[1]
-    cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
-    cdef bint blocked = FC_MR % t == 0
-    cdef Py_ssize_t task, g, fb, r, r0, i, i0, f
-    cdef floating *dst
-    with nogil:
-        for task in prange(groups * fblocks, num_threads=num_threads, schedule="static",
-                           use_threads_if=groups * fblocks * depth * FC_MR > 1 << 18):
-            g = task // fblocks
-            fb = task - g * fblocks
-            r0 = 0
-            if blocked and (fb + 1) * FC_MR <= per_group:
-                while r0 + t <= depth:
-                    i0 = 0
-                    while i0 < FC_MR:
-                        if floating is float:
-                            fc_transpose_f32(&packed[g, fb, r0, i0], FC_MR,
-                                             &weight[g, fb * FC_MR + i0, r0], depth)
-                        else:
-                            fc_transpose_f64(&packed[g, fb, r0, i0], FC_MR,
-                                             &weight[g, fb * FC_MR + i0, r0], depth)
-                        i0 = i0 + t
-                    r0 = r0 + t
-            for r in range(r0, depth):
-                dst = &packed[g, fb, r, 0]
-                for i in range(FC_MR):
-                    f = fb * FC_MR + i
-                    dst[i] = weight[g, f, r] if f < per_group else 0
 
 include "_conv_depthwise.pxi"

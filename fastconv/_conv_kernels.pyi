@@ -13,7 +13,8 @@ LANES_FLOAT64: int
 
 def conv2d_forward(
     x: npt.NDArray[np.floating],
-    packed_weight: npt.NDArray[np.floating],
+    filters: npt.NDArray[np.floating],
+    tail: npt.NDArray[np.floating],
     packed_bias: npt.NDArray[np.floating],
     row_src: npt.NDArray[np.intp],
     col_src: npt.NDArray[np.intp],
@@ -35,11 +36,6 @@ def conv2d_forward(
     channels_last: bool,
     relu: bool,
     pool: int,
-    num_threads: int,
-) -> None: ...
-def pack_weights(
-    weight: npt.NDArray[np.floating],
-    packed: npt.NDArray[np.floating],
     num_threads: int,
 ) -> None: ...
 def depthwise_conv2d_forward(

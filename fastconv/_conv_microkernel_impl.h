@@ -2,11 +2,13 @@
  * FC_T (scalar), FC_V / FC_VU (vector, unaligned vector), FC_VI (mask) and FC_NAME set. */
 
 /* Row r of B starts at b + b_offset[r] (rows are windows into the input slab).
+ * Weight (r, i) is a[r * a_row + i * a_filter]: a packed panel (a_row = FC_MR, a_filter = 1)
+ * or the filters' own rows (a_row = 1, a_filter = the filter length), which spares packing.
  * bias != NULL: start from bias[i] (first reduction block); else from C (later blocks).
  * relu: clamp negatives to 0 after the last block; NaN stays NaN (x < 0 is false for NaN). */
-static inline void FC_NAME(fc_microkernel)(
-    Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
-    const Py_ssize_t *restrict b_offset,
+static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
+    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
+    const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
     FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
 {
     FC_V acc[FC_MR][FC_NV];
@@ -27,10 +29,10 @@ static inline void FC_NAME(fc_microkernel)(
         FC_V bv[FC_NV];
 #pragma GCC unroll 4
         for (int v = 0; v < FC_NV; v++) bv[v] = *(const FC_VU *)(b + b_offset[r] + v * FC_LANES);
-        const FC_T *ar = a + r * FC_MR;
+        const FC_T *ar = a + r * a_row;
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
-            const FC_T w = ar[i];
+            const FC_T w = ar[i * a_filter];
 #pragma GCC unroll 4
             for (int v = 0; v < FC_NV; v++) acc[i][v] += bv[v] * w;
         }
@@ -51,8 +53,26 @@ static inline void FC_NAME(fc_microkernel)(
     }
 }
 
+/* A packed panel: weight (r, i) at a[r * FC_MR + i]. */
+static inline void FC_NAME(fc_microkernel)(
+    Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
+    const Py_ssize_t *restrict b_offset,
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
+{
+    FC_NAME(fc_microkernel_body)(depth, a, FC_MR, 1, b, b_offset, c, ldc, bias, relu);
+}
+
+/* FC_MR whole filters in place: weight (r, i) at a[i * lda + r]. */
+static inline void FC_NAME(fc_microkernel_rows)(
+    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
+    const Py_ssize_t *restrict b_offset,
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
+{
+    FC_NAME(fc_microkernel_body)(depth, a, 1, lda, b, b_offset, c, ldc, bias, relu);
+}
+
 /* One filter (depthwise convolution: one filter per group) x FC_ROW_NV vectors of pixels;
- * the weight of reduction row r is a[r * FC_MR] (the packed layout of the full kernel). */
+ * the weight of reduction row r is a[r] (the filter's own row). */
 static inline void FC_NAME(fc_microkernel_row)(
     Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset, FC_T *restrict c, const FC_T *restrict bias, int relu)
@@ -64,7 +84,7 @@ static inline void FC_NAME(fc_microkernel_row)(
         else acc[v] = *(const FC_VU *)(c + v * FC_LANES);
     }
     for (Py_ssize_t r = 0; r < depth; r++) {
-        const FC_T w = a[r * FC_MR];
+        const FC_T w = a[r];
         const FC_T *br = b + b_offset[r];
 #pragma GCC unroll 8
         for (int v = 0; v < FC_ROW_NV; v++) acc[v] += *(const FC_VU *)(br + v * FC_LANES) * w;

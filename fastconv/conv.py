@@ -43,7 +43,7 @@ class _PackedWeights:
         self._packed = {}
 
     def packed(self, dtype):
-        """``(packed_weight (G, FB, R, MR), packed_bias (G, FB*MR))`` in ``dtype``."""
+        """``_pack``'s ``(filters, tail, bias)`` in ``dtype``, made once per dtype."""
         if dtype not in self._packed:
             self._packed[dtype] = _pack(self.weight, self.bias, self.groups, dtype)
         return self._packed[dtype]
@@ -71,22 +71,26 @@ def _prepack_weights(weight, bias=None, groups=1):
     return _PackedWeights(weight, bias, groups)
 
 
-def _pack(weight, bias, groups, dtype, num_threads=1, packed=None):
-    """``(packed_weight (G, FB, R, MR), packed_bias (G, FB*MR))``; ``packed``: where to put the
-    weights (a scratch view), else a new array."""
+def _pack(weight, bias, groups, dtype):
+    """The GEMM kernel's weights in ``dtype``: ``(filters (G, Fg, R), tail (G, R, MR),
+    bias (G, FB*MR))``. Whole blocks of MR filters are read in place from ``filters`` (a view
+    of ``weight`` when it is contiguous in ``dtype``); the last, partial block of each group
+    is packed as the micro-kernel reads it: weight (r, i) at ``tail[g, r, i]``, zero past the
+    group's filters. ``tail`` has no rows when MR divides Fg; ``bias`` is zero-padded."""
     mr = _kernels.MR
     n_filters, in_per_group, kh, kw = weight.shape
     per_group = n_filters // groups
-    fblocks = -(-per_group // mr)
     depth = in_per_group * kh * kw
-    grouped = v.as_kernel_input(weight, dtype).reshape(groups, per_group, depth)
-    if packed is None:
-        packed = np.empty((groups, fblocks, depth, mr), dtype)
-    _kernels.pack_weights(np.ascontiguousarray(grouped), packed, num_threads)
-    packed_bias = np.zeros((groups, fblocks * mr), dtype)
+    filters = np.ascontiguousarray(v.as_kernel_input(weight, dtype)).reshape(
+        groups, per_group, depth)
+    partial = per_group % mr
+    tail = np.zeros((groups, depth if partial else 0, mr), dtype)
+    if partial:
+        tail[:, :, :partial] = filters[:, per_group - partial:].transpose(0, 2, 1)
+    packed_bias = np.zeros((groups, -(-per_group // mr) * mr), dtype)
     if bias is not None:
         packed_bias[:, :per_group] = bias.reshape(groups, per_group)
-    return packed, packed_bias
+    return filters, tail, packed_bias
 
 
 def _check_groups(groups, n_filters, filters_name):
@@ -425,25 +429,19 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
 
 def _gemm(call, x, weight, bias, packed_weights, out3, threads):
     """The implicit-GEMM kernel (see ``_conv.pxi``); ``x`` is (N, C, H, W) in the dtype."""
-    n_filters, in_per_group, kh, kw = weight.shape
+    n_filters, _, kh, kw = weight.shape
     groups, dtype = call.groups, call.dtype
     per_group = n_filters // groups
-    depth = in_per_group * kh * kw
-    mr = _kernels.MR
-    fblocks = -(-per_group // mr)
     out_h, out_w = call.out_hw
     layout_plan = call.plan
-    packed_size = 0 if packed_weights is not None else groups * fblocks * depth * mr
-    lease, (scratch, packed_w) = _workspace.acquire(
-        dtype, threads * layout_plan.scratch_per_thread, packed_size)
+    if packed_weights is None:
+        filters, tail, packed_bias = _pack(weight, bias, groups, dtype)
+    else:
+        filters, tail, packed_bias = packed_weights.packed(dtype)
+    lease, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
     try:
-        if packed_weights is None:
-            packed_w, packed_b = _pack(weight, bias, groups, dtype, threads,
-                                       packed_w.reshape(groups, fblocks, depth, mr))
-        else:
-            packed_w, packed_b = packed_weights.packed(dtype)
         _kernels.conv2d_forward(
-            x, packed_w, packed_b, layout_plan.row_src, layout_plan.col_src,
+            x, filters, tail, packed_bias, layout_plan.row_src, layout_plan.col_src,
             layout_plan.col_inner, layout_plan.b_offset, out3,
             call.stride[1], kh, kw, out_h, out_w, per_group,
             layout_plan.rows_per_task, layout_plan.channels_per_chunk,
