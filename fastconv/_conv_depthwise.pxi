@@ -79,6 +79,10 @@ def depthwise_conv2d_forward(
     cdef floating *slab
     cdef floating *stage
     cdef long long work = <long long>n_images * out_pixels * n_filters * taps
+    # NCHW without pooling: output rows are written in place (see the task loop), when a
+    # row's junk lanes reach no further than the next row.
+    cdef bint direct = not channels_last and pool <= 1 and stage_row - out_w <= out_w
+    cdef floating *dst
 
     if n_tasks == 0:
         return
@@ -101,10 +105,25 @@ def depthwise_conv2d_forward(
             for c in range(cc):
                 for m in range(per_channel):
                     f = (c0 + c) * per_channel + m
-                    _stencil_rows(taps, &weight[c0 + c, m, 0], slab + c * channel_stride,
-                                  stride_h * pitch, &tap_offset[0],
-                                  stage + (c * per_channel + m) * filter_pitch, stage_row,
-                                  rows, out_w, bias[f], relu)
-            _copy_out(stage, filter_pitch, stage_row, cc * per_channel, rows, oh0,
-                      out_data + n * n_filters * pooled_pixels, c0 * per_channel, n_filters,
-                      out_h, out_w, channels_last, pool)
+                    if direct:
+                        # Straight into the output rows: the junk lanes of a row land on the
+                        # next row of the same band, which is stored after them; only the
+                        # band's last row goes through the stage (its junk would reach
+                        # another task's rows).
+                        dst = out_data + ((n * n_filters + f) * out_h + oh0) * out_w
+                        _stencil_rows(taps, &weight[c0 + c, m, 0], slab + c * channel_stride,
+                                      stride_h * pitch, &tap_offset[0], dst, out_w,
+                                      rows - 1, out_w, bias[f], relu)
+                        _stencil_rows(taps, &weight[c0 + c, m, 0],
+                                      slab + c * channel_stride + (rows - 1) * stride_h * pitch,
+                                      0, &tap_offset[0], stage, 0, 1, out_w, bias[f], relu)
+                        _copy(dst + (rows - 1) * out_w, stage, out_w)
+                    else:
+                        _stencil_rows(taps, &weight[c0 + c, m, 0], slab + c * channel_stride,
+                                      stride_h * pitch, &tap_offset[0],
+                                      stage + (c * per_channel + m) * filter_pitch, stage_row,
+                                      rows, out_w, bias[f], relu)
+            if not direct:
+                _copy_out(stage, filter_pitch, stage_row, cc * per_channel, rows, oh0,
+                          out_data + n * n_filters * pooled_pixels, c0 * per_channel,
+                          n_filters, out_h, out_w, channels_last, pool)

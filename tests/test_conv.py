@@ -236,6 +236,18 @@ def test_depthwise_configs(check_conv, rng, cfg):
     check_conv(x, w, b, **cfg)
 
 
+@pytest.mark.parametrize("width", [1, 8, 9, 17, 31, 33, 64])
+def test_depthwise_rows_written_in_place_stay_in_their_band(rng, width):
+    """NCHW depthwise rows are stored straight into the output, junk lanes included, onto
+    the next row of the same band; bands of other tasks (threads) must never see them."""
+    x = rng.integers(-3, 4, size=(2, 3, 150, width)).astype(np.float32)
+    w = rng.integers(-3, 4, size=(6, 1, 3, 3)).astype(np.float32)
+    expected = conv2d_reference(x, w, padding=1, groups=3).astype(np.float32)
+    for threads in (1, 2, 4):
+        assert_array_equal(fastconv.conv2d(x, w, padding=1, groups=3, num_threads=threads),
+                           expected)
+
+
 @pytest.mark.parametrize("per_group, in_per_group, expected", [
     (1, 1, True), (2, 1, True), (3, 1, False), (1, 2, False)])
 def test_depthwise_kernel_serves_one_input_channel_per_group(monkeypatch, rng, per_group,
