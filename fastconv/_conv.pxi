@@ -259,9 +259,10 @@ cdef void _copy_out(
 def conv2d_forward(
     const floating[:, :, :, :] x not None,       # IN  (N, C, H, W) any strides (NHWC = a view)
     const floating[:, :, ::1] filters not None,   # IN  (G, Fg, R) weights, R = (c, kh, kw)
-    const floating[:, :, ::1] tail not None,      # IN  (G, R, MR) last partial block of MR
-                                                  #     filters, packed (see conv._pack), or
-                                                  #     (G, 0, MR) if Fg % MR == 0
+    const floating[:, :, :, ::1] packed not None, # IN  (G, FB - inplace_blocks, R, MR) the
+                                                  #     other blocks of MR filters, packed
+                                                  #     (see conv._pack)
+    Py_ssize_t inplace_blocks,                    # blocks of MR filters read from filters
     const floating[:, ::1] packed_bias not None,  # IN  (G, FB*MR) bias, zero-padded
     const Py_ssize_t[:, ::1] row_src not None,    # IN  (row bands, slab rows) input row or -1
     const Py_ssize_t[:, ::1] col_src not None,    # IN  (P, Wq) input col per slab column or -1
@@ -321,8 +322,10 @@ def conv2d_forward(
             or scratch.shape[0] < num_threads * scratch_per_thread):
         raise ValueError("conv2d_forward: stage_pitch or scratch too small for the plan")
     if (filters.shape[1] != filters_per_group or packed_bias.shape[1] < fblocks * FC_MR
-            or (filters_per_group % FC_MR and tail.shape[1] != depth)):
-        raise ValueError("conv2d_forward: filters, tail or bias do not match the plan")
+            or inplace_blocks * FC_MR > filters_per_group
+            or (inplace_blocks < fblocks and (packed.shape[1] != fblocks - inplace_blocks
+                                              or packed.shape[2] != depth))):
+        raise ValueError("conv2d_forward: filters, packed or bias do not match the plan")
     # The slab's slack beyond the filled rows is read only by junk columns, which are dropped.
     with nogil, parallel(num_threads=num_threads, use_threads_if=work > 200000):
         slab = &scratch[0] + threadid() * scratch_per_thread
@@ -355,14 +358,14 @@ def conv2d_forward(
                         continue
                     for fb in range(fb0, fb1):
                         bias_ptr = &packed_bias[g, fb * FC_MR] if c0 == 0 else NULL
-                        if (fb + 1) * FC_MR <= filters_per_group:  # whole block, in place
+                        if fb < inplace_blocks:
                             _microkernel_rows(cc * taps, &filters[g, fb * FC_MR, c0 * taps],
                                               depth, slab + j0, &b_offset[0],
                                               stage + (fb - fb0) * FC_MR * stage_pitch + j0,
                                               stage_pitch, bias_ptr, relu and last)
                         else:
-                            _microkernel(cc * taps, &tail[g, c0 * taps, 0], slab + j0,
-                                         &b_offset[0],
+                            _microkernel(cc * taps, &packed[g, fb - inplace_blocks, c0 * taps, 0],
+                                         slab + j0, &b_offset[0],
                                          stage + (fb - fb0) * FC_MR * stage_pitch + j0,
                                          stage_pitch, bias_ptr, relu and last)
                     j0 = j0 + nr

@@ -14,7 +14,8 @@ LANES_FLOAT64: int
 def conv2d_forward(
     x: npt.NDArray[np.floating],
     filters: npt.NDArray[np.floating],
-    tail: npt.NDArray[np.floating],
+    packed: npt.NDArray[np.floating],
+    inplace_blocks: int,
     packed_bias: npt.NDArray[np.floating],
     row_src: npt.NDArray[np.intp],
     col_src: npt.NDArray[np.intp],

@@ -1129,25 +1129,29 @@ def test_against_torch_same_padding(kernel, dilation, assert_within_tolerance):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape, groups", [((16, 3, 3, 3), 1), ((19, 5, 3, 1), 1),
                                            ((24, 8, 1, 1), 3), ((8, 1, 5, 5), 2),
-                                           ((7, 2, 2, 2), 1)], ids=repr)
+                                           ((7, 2, 2, 2), 1), ((20, 6, 3, 3), 1),
+                                           ((36, 40, 1, 1), 2)], ids=repr)
 def test_kernel_weight_layout(rng, dtype, shape, groups):
-    """Whole blocks of MR filters are read in place; the last partial block of each group is
-    packed (G, R, MR): filter fb * MR + i at [g, :, i], zero past the group's filters."""
-    from fastconv.conv import _kernels, _pack
+    """Whole blocks of MR filters are read in place, unless the filters are short; the other
+    blocks are packed (G, FBp, R, MR): filter b * MR + i of the packed ones at [g, b, :, i],
+    zero past the group's filters."""
+    from fastconv.conv import PACK_ALL_DEPTH, _kernels, _pack
 
     weight = rng.standard_normal(shape).astype(dtype)
     bias = rng.standard_normal(shape[0]).astype(dtype)
-    filters, tail, packed_bias = _pack(weight, bias, groups, np.dtype(dtype))
+    filters, packed, inplace_blocks, packed_bias = _pack(weight, bias, groups, np.dtype(dtype))
     mr, per_group = _kernels.MR, shape[0] // groups
-    grouped = weight.reshape(groups, per_group, -1)
+    depth = int(np.prod(shape[1:]))
+    grouped = weight.reshape(groups, per_group, depth)
     assert_array_equal(filters, grouped)
     assert np.shares_memory(filters, weight)  # contiguous in the dtype: no copy
-    partial = per_group % mr
-    assert tail.shape == (groups, grouped.shape[2] if partial else 0, mr)
-    if partial:
-        assert_array_equal(tail[:, :, :partial], grouped[:, -partial:].transpose(0, 2, 1))
-        assert not tail[:, :, partial:].any()
-    assert packed_bias.shape == (groups, -(-per_group // mr) * mr)
+    assert inplace_blocks == (per_group // mr if depth > PACK_ALL_DEPTH else 0)
+    fblocks = -(-per_group // mr)
+    padded = np.zeros((groups, fblocks * mr, depth), dtype)
+    padded[:, :per_group] = grouped
+    expected = padded.reshape(groups, fblocks, mr, depth).transpose(0, 1, 3, 2)
+    assert_array_equal(packed, expected[:, inplace_blocks:])
+    assert packed_bias.shape == (groups, fblocks * mr)
     assert_array_equal(packed_bias[:, :per_group], bias.reshape(groups, per_group))
     assert not packed_bias[:, per_group:].any()
 
