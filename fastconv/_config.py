@@ -12,7 +12,10 @@ import os
 import platform
 import sys
 
-from . import _cpu_features, _openmp_helpers
+from ._openmp_env import short_spin_while_loading
+
+with short_spin_while_loading():  # loads libgomp: see _openmp_env
+    from . import _cpu_features, _openmp_helpers
 from ._version import __version__
 
 ISA_LEVELS = ("avx512", "avx2", "baseline")

@@ -12,7 +12,10 @@ from numbers import Integral
 
 import numpy as np
 
-from . import _openmp_helpers
+from ._openmp_env import short_spin_while_loading
+
+with short_spin_while_loading():  # loads libgomp: see _openmp_env
+    from . import _openmp_helpers
 
 __all__ = [
     "LAYOUTS",

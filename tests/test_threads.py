@@ -260,3 +260,40 @@ def test_omp_num_threads_applies_to_every_thread():
                           check=False, env=env, timeout=120, cwd=os.path.dirname(package_parent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[1, 1]"
+
+
+@pytest.mark.parametrize("user_env, expected", [
+    ({}, "'3000'"),                                   # fastconv's short spin
+    ({"GOMP_SPINCOUNT": "77"}, "'77'"),               # the user's spin count wins
+    ({"OMP_WAIT_POLICY": "active"}, None),            # so does the user's wait policy
+])
+def test_openmp_spin_is_short_unless_the_user_chose(user_env, expected):
+    """libgomp's idle threads spin for GOMP_SPINCOUNT polls; fastconv shortens it while its
+    libgomp loads (see fastconv._openmp_env) and leaves the environment as it found it."""
+    from fastconv import _openmp_env
+
+    env = {k: v for k, v in os.environ.items() if k not in _openmp_env.USER_SETTINGS}
+    env.update(user_env, OMP_DISPLAY_ENV="verbose")
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
+    env["PYTHONPATH"] = package_parent
+    script = "import os, fastconv; print(os.environ.get('GOMP_SPINCOUNT'))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, env=env, timeout=120, cwd=os.path.dirname(package_parent))
+    assert proc.returncode == 0, proc.stderr
+    if not _openmp_env_applies():
+        pytest.skip("fastconv was built without OpenMP")
+    shown = [line.split("=", 1)[1].strip() for line in proc.stderr.splitlines()
+             if line.strip().startswith("GOMP_SPINCOUNT")]
+    assert shown, proc.stderr  # libgomp printed its settings once, when fastconv loaded it
+    if expected is not None:
+        assert shown[0] == expected
+    else:
+        assert shown[0] != "'3000'"
+    # The environment is the user's again once fastconv is imported.
+    assert proc.stdout.strip() == user_env.get("GOMP_SPINCOUNT", "None")
+
+
+def _openmp_env_applies():
+    from fastconv import _openmp_helpers
+
+    return _openmp_helpers.openmp_enabled()
