@@ -139,8 +139,9 @@ cdef void _fill_slab(
     Py_ssize_t stride_w, Py_ssize_t phases, Py_ssize_t pitch,
     floating *slab,               # OUT (channels, P, slab_rows, pitch)
 ) noexcept nogil:
-    cdef Py_ssize_t c, ph, row, k, src_row, src_col, lo, hi, offset
+    cdef Py_ssize_t c, ph, row, k, j, src_row, src_col, lo, hi, offset
     cdef Py_ssize_t step = stride_w * sw
+    cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
     cdef Py_ssize_t channel_stride = phases * slab_rows * pitch
     # Channels adjacent in memory (NHWC): walk pixels and spread each pixel's channels,
     # instead of striding through the row once per channel.
@@ -170,7 +171,24 @@ cdef void _fill_slab(
                     dst[c * channel_stride + k] = x_row[c * sc + src_col * sw] if src_col >= 0 else 0
             # The interior maps linearly: a copy (or a strided copy) per channel row.
             if channels_minor:
-                for k in range(lo, hi):
+                # T x T blocks (pixels x channels) through register transposes, then the rest.
+                k = lo
+                while k + t <= hi:
+                    src = x_row + (k * stride_w + offset) * sw
+                    c = 0
+                    while c + t <= channels:
+                        if floating is float:
+                            fc_transpose_f32(dst + c * channel_stride + k, channel_stride,
+                                             src + c, step)
+                        else:
+                            fc_transpose_f64(dst + c * channel_stride + k, channel_stride,
+                                             src + c, step)
+                        c = c + t
+                    for c in range(c, channels):
+                        for j in range(t):
+                            dst[c * channel_stride + k + j] = src[j * step + c]
+                    k = k + t
+                for k in range(k, hi):
                     src = x_row + (k * stride_w + offset) * sw
                     for c in range(channels):
                         dst[c * channel_stride + k] = src[c]
