@@ -58,7 +58,7 @@ cdef extern from "_conv_microkernel.h" nogil:
 
 
 ISA = FC_ISA_NAME.decode()
-MR = FC_MR                # output channels per micro-kernel tile (weights are packed by MR)
+MR = FC_MR                # output channels per micro-kernel tile (filters go in blocks of MR)
 NR_FLOAT32 = FC_NR_F32    # output pixels per tile, float32
 NR_FLOAT64 = FC_NR_F64    # output pixels per tile, float64
 ROW_NR_FLOAT32 = FC_ROW_NR_F32  # output pixels per tile of the one-filter (depthwise) kernel
@@ -165,10 +165,12 @@ cdef void _fill_slab(
             for c in range(channels):
                 for k in range(lo):
                     src_col = col_src[ph * pitch + k]
-                    dst[c * channel_stride + k] = x_row[c * sc + src_col * sw] if src_col >= 0 else 0
+                    dst[c * channel_stride + k] = (x_row[c * sc + src_col * sw]
+                                                   if src_col >= 0 else 0)
                 for k in range(hi, pitch):
                     src_col = col_src[ph * pitch + k]
-                    dst[c * channel_stride + k] = x_row[c * sc + src_col * sw] if src_col >= 0 else 0
+                    dst[c * channel_stride + k] = (x_row[c * sc + src_col * sw]
+                                                   if src_col >= 0 else 0)
             # The interior maps linearly: a copy (or a strided copy) per channel row.
             if channels_minor:
                 # T x T blocks (pixels x channels) through register transposes, then the rest.
@@ -382,7 +384,8 @@ def conv2d_forward(
                                               stage + (fb - fb0) * FC_MR * stage_pitch + j0,
                                               stage_pitch, bias_ptr, relu and last)
                         else:
-                            _microkernel(cc * taps, &packed[g, fb - inplace_blocks, c0 * taps, 0],
+                            _microkernel(cc * taps,
+                                         &packed[g, fb - inplace_blocks, c0 * taps, 0],
                                          slab + j0, &b_offset[0],
                                          stage + (fb - fb0) * FC_MR * stage_pitch + j0,
                                          stage_pitch, bias_ptr, relu and last)

@@ -2,11 +2,12 @@
  *
  *   C[i][j] = init[i][j] + sum_r A[r][i] * B[r][j]     0 <= i < FC_MR, 0 <= j < FC_NR
  *
- * A is a packed weight panel (FC_MR output channels per reduction step r); row r of B is a
- * window into the thread's input slab with output *pixels* along j, so a row of C is a
- * contiguous run of one output plane. All FC_MR x FC_NV accumulators stay in vector registers; each step loads
- * FC_NV vectors of B and broadcasts FC_MR weights. The reduction runs over r in order, so a
- * result does not depend on how the caller splits work across threads.
+ * A holds FC_MR filters: read in place from the filters' own rows, or from a packed panel
+ * (FC_MR weights per reduction step r). Row r of B is a window into the thread's input slab
+ * with output *pixels* along j, so a row of C is a contiguous run of one output plane. All
+ * FC_MR x FC_NV accumulators stay in vector registers; each step loads FC_NV vectors of B and
+ * broadcasts FC_MR weights. The reduction runs over r in order, so a result does not depend
+ * on how the caller splits work across threads.
  */
 #ifndef FASTCONV_CONV_MICROKERNEL_H
 #define FASTCONV_CONV_MICROKERNEL_H

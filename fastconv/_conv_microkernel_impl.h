@@ -22,7 +22,8 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-            for (int v = 0; v < FC_NV; v++) acc[i][v] = *(const FC_VU *)(c + i * ldc + v * FC_LANES);
+            for (int v = 0; v < FC_NV; v++)
+                acc[i][v] = *(const FC_VU *)(c + i * ldc + v * FC_LANES);
         }
     }
     for (Py_ssize_t r = 0; r < depth; r++) {
@@ -143,8 +144,12 @@ static inline void FC_NAME(fc_stencil_rows)(
         for (; row + 2 <= n_rows; row += 2) {
             const FC_T *br = b + row * b_step;
             FC_T *cr = c + row * c_step;
-            if (n_vec == 1) FC_NAME(fc_stencil_tile)(2, 1, taps, w, br, b_step, b_offset, cr, c_step, bias, relu);
-            else FC_NAME(fc_stencil_tile)(2, 2, taps, w, br, b_step, b_offset, cr, c_step, bias, relu);
+            if (n_vec == 1)
+                FC_NAME(fc_stencil_tile)(2, 1, taps, w, br, b_step, b_offset, cr, c_step, bias,
+                                         relu);
+            else
+                FC_NAME(fc_stencil_tile)(2, 2, taps, w, br, b_step, b_offset, cr, c_step, bias,
+                                         relu);
         }
     }
     for (; row < n_rows; row++) {
@@ -154,10 +159,12 @@ static inline void FC_NAME(fc_stencil_rows)(
         for (; v + FC_ROW_NV <= n_vec; v += FC_ROW_NV)
             FC_NAME(fc_stencil_tile)(1, FC_ROW_NV, taps, w, br + v * FC_LANES, 0, b_offset,
                                      cr + v * FC_LANES, 0, bias, relu);
-        switch (n_vec - v) {
-        case 1: FC_NAME(fc_stencil_tile)(1, 1, taps, w, br + v * FC_LANES, 0, b_offset, cr + v * FC_LANES, 0, bias, relu); break;
-        case 2: FC_NAME(fc_stencil_tile)(1, 2, taps, w, br + v * FC_LANES, 0, b_offset, cr + v * FC_LANES, 0, bias, relu); break;
-        case 3: FC_NAME(fc_stencil_tile)(1, 3, taps, w, br + v * FC_LANES, 0, b_offset, cr + v * FC_LANES, 0, bias, relu); break;
+        const FC_T *bv = br + v * FC_LANES;
+        FC_T *cv = cr + v * FC_LANES;
+        switch (n_vec - v) {  /* the last 1-3 vectors, each count its own unrolled tile */
+        case 1: FC_NAME(fc_stencil_tile)(1, 1, taps, w, bv, 0, b_offset, cv, 0, bias, relu); break;
+        case 2: FC_NAME(fc_stencil_tile)(1, 2, taps, w, bv, 0, b_offset, cv, 0, bias, relu); break;
+        case 3: FC_NAME(fc_stencil_tile)(1, 3, taps, w, bv, 0, b_offset, cv, 0, bias, relu); break;
         default: break;
         }
     }

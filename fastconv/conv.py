@@ -451,8 +451,8 @@ def _gemm(call, x, weight, bias, packed_weights, out3, threads):
     lease, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
     try:
         _kernels.conv2d_forward(
-            x, filters, packed, inplace_blocks, packed_bias, layout_plan.row_src, layout_plan.col_src,
-            layout_plan.col_inner, layout_plan.b_offset, out3,
+            x, filters, packed, inplace_blocks, packed_bias, layout_plan.row_src,
+            layout_plan.col_src, layout_plan.col_inner, layout_plan.b_offset, out3,
             call.stride[1], kh, kw, out_h, out_w, per_group,
             layout_plan.rows_per_task, layout_plan.channels_per_chunk,
             layout_plan.fblocks_per_task, layout_plan.slab_size, layout_plan.stage_pitch,
