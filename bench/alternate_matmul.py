@@ -16,7 +16,6 @@ Run it on a quiet machine.
 import os
 import subprocess
 import sys
-import time
 
 SETTINGS = [
     ("libgomp default (GOMP_SPINCOUNT=300000)", {"GOMP_SPINCOUNT": "300000"}),
@@ -33,6 +32,7 @@ def measure():
     except ImportError:  # a source checkout built in place
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         import fastconv
+    from fastconv._bench import seconds_per_call
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 64, 56, 56), dtype=np.float32)
@@ -55,16 +55,7 @@ def measure():
         for _ in range(5):
             fastconv.conv2d(small, w_small, padding=1)
 
-    def best_ms(fn, calls=20, rounds=7):
-        best = float("inf")
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            best = min(best, (time.perf_counter() - start) / calls)
-        return best * 1e3
-
-    return [best_ms(fn) for fn in (conv, matmul, both, chain)]
+    return [seconds_per_call(fn, calls=20) * 1e3 for fn in (conv, matmul, both, chain)]
 
 
 def main():

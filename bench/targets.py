@@ -16,7 +16,6 @@ Run it on a quiet machine; NumPy's OpenBLAS threads would share the cores otherw
 """
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,14 +92,8 @@ def scaling_cases(layers):
     return cases
 
 
-def per_call_us(fn, calls=20000, rounds=7):
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e6
+def per_call_us(fn):
+    return _bench.seconds_per_call(fn, calls=20000) * 1e6
 
 
 def main():

@@ -693,6 +693,18 @@ def _cpu_seconds():
     return (sum(ticks) - idle) / hz, own.ru_utime + own.ru_stime
 
 
+def seconds_per_call(fn, calls, rounds=7):
+    """The minimum over ``rounds`` of the mean time of ``calls`` back-to-back calls of ``fn``
+    (for latencies and chains of calls, where ``measure``'s single-call blocks do not fit)."""
+    best = math.inf
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
 def measure(cases, rounds, pause=0.005, repeat=3, progress=True):
     """Interleaved rounds: each round runs every case's implementations in an order that
     rotates per round; each block sleeps ``pause`` seconds (so the previous block's idle

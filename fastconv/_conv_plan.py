@@ -67,9 +67,8 @@ def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w
     dh, dw = dilation
     top, _, left, right = pads
 
-    phases, pitch, col_src, col_inner = _column_maps(width, out_w, kw, sw, dw, left, right,
-                                                     padding_mode)
-    phase_of = {p: i for i, p in enumerate(phases)}
+    phases, pitch, col_src, col_inner, tap_phase, tap_shift = _column_maps(
+        width, out_w, kw, sw, dw, left, right, padding_mode)
 
     rows = _rows_per_task(out_h, out_w, pitch, nr, n_images * groups)
     rows = -(-rows // row_multiple) * row_multiple
@@ -94,36 +93,37 @@ def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w
     mapped = source_index(padded_rows - top, height, padding_mode)
     row_src = np.ascontiguousarray(np.where(usable, mapped, -1), dtype=np.intp)
 
-    slab_row = len(phases) * slab_rows * pitch  # elements per input channel
+    slab_row = phases * slab_rows * pitch  # elements per input channel
     channels = max(1, min(in_per_group, REDUCTION_DEPTH // (kh * kw),
                           SLAB_BYTES // (slab_row * itemsize)))
     channels = -(-in_per_group // -(-in_per_group // channels))  # equal chunks
 
     c_local = np.arange(channels)[:, None, None]
     k_h = kh_start[None, :, None]
-    k_w = np.arange(kw)[None, None, :]
-    phase_idx = np.array([phase_of[(k * dw) % sw] for k in range(kw)])[None, None, :]
-    b_offset = ((c_local * len(phases) + phase_idx) * slab_rows + k_h) * pitch + (k_w * dw) // sw
+    b_offset = (((c_local * phases + tap_phase[None, None, :]) * slab_rows + k_h) * pitch
+                + tap_shift[None, None, :])
     b_offset = np.ascontiguousarray(b_offset.ravel(), dtype=np.intp)
     stage_pitch = -(-rows * pitch // nr) * nr
     slab_size = max(channels * slab_row, int(b_offset.max()) + stage_pitch)
-    for table in (row_src, col_src, col_inner, b_offset):
-        table.flags.writeable = False  # shared by every call through the cache
+    _share(row_src, col_src, col_inner, b_offset)
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
                     slab_size, stage_pitch, slab_size + fblocks_per_task * mr * stage_pitch)
 
 
 def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode):
-    """The slab's columns: the stride phases, the pitch, and per phase the input column of
-    each slab column (-1 = zero) and the linear interior ``[first, end)`` with its offset."""
-    # Column phases: tap kw reads slab column ow + (kw*dw)//sw of phase (kw*dw) % sw.
-    phases = sorted({(k * dw) % sw for k in range(kw)})
+    """The slab's columns: ``(phases, pitch, col_src, col_inner, tap_phase, tap_shift)``.
+
+    Each input row is copied once per stride phase P; per phase, ``col_src`` holds the input
+    column of each slab column (-1 = zero) and ``col_inner`` the linear interior
+    ``[first, end)`` with its offset. Tap kw reads slab column ow + ``tap_shift[kw]`` of phase
+    ``tap_phase[kw]``, so the pitch is out_w plus the largest shift (junk columns)."""
+    starts = sorted({(k * dw) % sw for k in range(kw)})
     pitch = out_w + ((kw - 1) * dw) // sw
     padded_w = left + width + right
     idx = np.arange(pitch, dtype=np.intp)
-    col_src = np.empty((len(phases), pitch), dtype=np.intp)
-    col_inner = np.empty((len(phases), 3), dtype=np.intp)
-    for i, p in enumerate(phases):
+    col_src = np.empty((len(starts), pitch), dtype=np.intp)
+    col_inner = np.empty((len(starts), 3), dtype=np.intp)
+    for i, p in enumerate(starts):
         padded = idx * sw + p
         mapped = source_index(padded - left, width, padding_mode)
         col_src[i] = np.where(padded < padded_w, mapped, -1)  # past the padding: junk only
@@ -131,7 +131,15 @@ def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode):
         first = min(max(-(offset // sw), 0), pitch)      # smallest q with q*sw + offset >= 0
         end = min(max((width - 1 - offset) // sw + 1, first), pitch)
         col_inner[i] = first, end, offset
-    return phases, pitch, col_src, col_inner
+    taps = np.arange(kw) * dw
+    tap_phase = np.searchsorted(starts, taps % sw)
+    return len(starts), pitch, col_src, col_inner, tap_phase, taps // sw
+
+
+def _share(*tables):
+    """Make a cached plan's tables read-only: every call through the cache shares them."""
+    for table in tables:
+        table.flags.writeable = False
 
 
 class DepthwisePlan(NamedTuple):
@@ -163,16 +171,15 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
     sh, sw = stride
     dh, dw = dilation
     top, _, left, right = pads
-    phases, pitch, col_src, col_inner = _column_maps(width, out_w, kw, sw, dw, left, right,
-                                                     padding_mode)
-    phase_of = {p: i for i, p in enumerate(phases)}
+    phases, pitch, col_src, col_inner, tap_phase, tap_shift = _column_maps(
+        width, out_w, kw, sw, dw, left, right, padding_mode)
 
     def slab_rows_for(rows):
         return (rows - 1) * sh + (kh - 1) * dh + 1
 
     groups_per_task = min(groups, DEPTHWISE_NHWC_GROUPS) if channels_last else 1
     rows = out_h
-    while (rows > row_multiple and groups_per_task * len(phases) * slab_rows_for(rows) * pitch
+    while (rows > row_multiple and groups_per_task * phases * slab_rows_for(rows) * pitch
            * itemsize > DEPTHWISE_SLAB_BYTES):
         rows = -(-rows // 2)
     chunks = n_images * -(-groups // groups_per_task)
@@ -188,15 +195,12 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
     row_src = np.ascontiguousarray(np.where(usable, mapped, -1), dtype=np.intp)
 
     k_h = np.arange(kh)[:, None]
-    k_w = np.arange(kw)[None, :]
-    phase_idx = np.array([phase_of[(k * dw) % sw] for k in range(kw)])[None, :]
-    tap_offset = (phase_idx * slab_rows + k_h * dh) * pitch + (k_w * dw) // sw
+    tap_offset = (tap_phase[None, :] * slab_rows + k_h * dh) * pitch + tap_shift[None, :]
     tap_offset = np.ascontiguousarray(tap_offset.ravel(), dtype=np.intp)
     stage_row = -(-out_w // lanes) * lanes
     # The last vector of a row reads up to stage_row - out_w past the row: slack at the end.
-    slab_size = groups_per_task * len(phases) * slab_rows * pitch + stage_row
-    for table in (row_src, col_src, col_inner, tap_offset):
-        table.flags.writeable = False  # shared by every call through the cache
+    slab_size = groups_per_task * phases * slab_rows * pitch + stage_row
+    _share(row_src, col_src, col_inner, tap_offset)
     return DepthwisePlan(row_src, col_src, col_inner, tap_offset, rows, groups_per_task,
                          stage_row, slab_size,
                          slab_size + groups_per_task * multiplier * rows * stage_row)

@@ -12,10 +12,7 @@ from numbers import Integral
 
 import numpy as np
 
-from ._openmp_env import short_spin_while_loading
-
-with short_spin_while_loading():  # loads libgomp: see _openmp_env
-    from . import _openmp_helpers
+from ._config import _openmp_helpers  # loaded there, with libgomp's spin set (_openmp_env)
 
 __all__ = [
     "LAYOUTS",

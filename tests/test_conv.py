@@ -146,6 +146,19 @@ def test_groups_grid(check_conv, rng, dtype, cfg, layout, unbatched, bias, activ
                exact=True)
 
 
+def _geometry_fits(h, w, kernel, stride, dilation, padding, mode):
+    """Whether conv2d accepts this geometry: the padding mode can pad that much, and the
+    dilated kernel fits in the padded input."""
+    (kh, kw), (dh, dw) = kernel, dilation
+    pads = conv_padding_reference(padding, (h, w), kernel, stride, dilation)
+    if mode == "reflect" and (max(pads[:2]) >= h or max(pads[2:]) >= w):
+        return False
+    if mode == "circular" and (max(pads[:2]) > h or max(pads[2:]) > w):
+        return False
+    return (h + pads[0] + pads[1] >= dh * (kh - 1) + 1
+            and w + pads[2] + pads[3] >= dw * (kw - 1) + 1)
+
+
 def _random_configs(count, seed):
     """Seeded random configurations over every parameter at once (deterministic in CI)."""
     rng = np.random.default_rng(seed)
@@ -163,13 +176,7 @@ def _random_configs(count, seed):
         form = int(rng.integers(0, 5))
         padding = [int(rng.integers(0, 3)), tuple(int(p) for p in rng.integers(0, 3, 2)),
                    tuple(int(p) for p in rng.integers(0, 3, 4)), "valid", "same"][form]
-        pads = conv_padding_reference(padding, (h, w), (kh, kw), stride, dilation)
-        if mode == "reflect" and (max(pads[:2]) >= h or max(pads[2:]) >= w):
-            continue
-        if mode == "circular" and (max(pads[:2]) > h or max(pads[2:]) > w):
-            continue
-        if (h + pads[0] + pads[1] < dilation[0] * (kh - 1) + 1
-                or w + pads[2] + pads[3] < dilation[1] * (kw - 1) + 1):
+        if not _geometry_fits(h, w, (kh, kw), stride, dilation, padding, mode):
             continue
         configs.append(dict(
             n=int(rng.integers(1, 3)), c=groups * cg, f=groups * fg, h=h, w=w, kernel=(kh, kw),
@@ -209,13 +216,7 @@ def _depthwise_configs(count, seed):
         h, w = (int(s) for s in rng.integers(1, 90, 2))
         mode = str(rng.choice(PADDING_MODES))
         padding = [int(rng.integers(0, 4)), "same", "valid"][int(rng.integers(0, 3))]
-        pads = conv_padding_reference(padding, (h, w), (kh, kw), stride, dilation)
-        if mode == "reflect" and (max(pads[:2]) >= h or max(pads[2:]) >= w):
-            continue
-        if mode == "circular" and (max(pads[:2]) > h or max(pads[2:]) > w):
-            continue
-        if (h + pads[0] + pads[1] < dilation[0] * (kh - 1) + 1
-                or w + pads[2] + pads[3] < dilation[1] * (kw - 1) + 1):
+        if not _geometry_fits(h, w, (kh, kw), stride, dilation, padding, mode):
             continue
         configs.append(dict(
             n=int(rng.integers(1, 3)), c=c, f=c * int(rng.choice([1, 1, 2])), h=h, w=w,

@@ -40,6 +40,11 @@ def default_threads():
     return _validation.resolve_num_threads(None)
 
 
+needs_two_openmp_threads = pytest.mark.skipif(
+    default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
+    reason="needs OpenMP and 2 CPUs")
+
+
 def make_calls(rng):
     """``[(name, thunk(num_threads))]``: every op, big enough to take its parallel path."""
     x32 = rng.standard_normal((2, 16, 40, 40)).astype(np.float32)
@@ -173,8 +178,7 @@ def count_new_threads(target):
 
 
 @needs_proc
-@pytest.mark.skipif(default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
-                    reason="needs OpenMP and 2 CPUs")
+@needs_two_openmp_threads
 def test_num_threads_from_worker_threads(rng):
     x = rng.standard_normal((1, 32, 64, 64)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
@@ -195,8 +199,7 @@ def test_threadpoolctl_sees_fastconvs_openmp():
     assert any(info["user_api"] == "openmp" for info in infos), infos
 
 
-@pytest.mark.skipif(default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
-                    reason="needs OpenMP and 2 CPUs")
+@needs_two_openmp_threads
 def test_threadpool_limits_in_the_calling_thread(rng):
     x = rng.standard_normal((1, 32, 64, 64)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
@@ -210,8 +213,7 @@ def test_threadpool_limits_in_the_calling_thread(rng):
 
 
 @needs_proc
-@pytest.mark.skipif(default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
-                    reason="needs OpenMP and 2 CPUs")
+@needs_two_openmp_threads
 def test_threadpool_limits_inside_worker_threads(rng):
     x = rng.standard_normal((1, 32, 64, 64)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
@@ -231,8 +233,7 @@ def test_threadpool_limits_inside_worker_threads(rng):
     assert all(np.array_equal(y, expected) for _, y in seen)
 
 
-@pytest.mark.skipif(default_threads() < 2 or not _openmp_helpers.openmp_enabled(),
-                    reason="needs OpenMP and 2 CPUs")
+@needs_two_openmp_threads
 def test_threadpool_limits_do_not_reach_other_threads():
     """Documented behaviour: a limit set in one thread leaves other threads (existing or new)
     at the process default; limit inside the workers, or pass num_threads=."""
@@ -272,6 +273,8 @@ def test_openmp_spin_is_short_unless_the_user_chose(user_env, expected):
     libgomp loads (see fastconv._openmp_env) and leaves the environment as it found it."""
     from fastconv import _openmp_env
 
+    if not _openmp_helpers.openmp_enabled():
+        pytest.skip("fastconv was built without OpenMP")
     env = {k: v for k, v in os.environ.items() if k not in _openmp_env.USER_SETTINGS}
     env.update(user_env, OMP_DISPLAY_ENV="verbose")
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fastconv.__file__)))
@@ -280,8 +283,6 @@ def test_openmp_spin_is_short_unless_the_user_chose(user_env, expected):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=False, env=env, timeout=120, cwd=os.path.dirname(package_parent))
     assert proc.returncode == 0, proc.stderr
-    if not _openmp_env_applies():
-        pytest.skip("fastconv was built without OpenMP")
     shown = [line.split("=", 1)[1].strip() for line in proc.stderr.splitlines()
              if line.strip().startswith("GOMP_SPINCOUNT")]
     assert shown, proc.stderr  # libgomp printed its settings once, when fastconv loaded it
@@ -291,9 +292,3 @@ def test_openmp_spin_is_short_unless_the_user_chose(user_env, expected):
         assert shown[0] != "'3000'"
     # The environment is the user's again once fastconv is imported.
     assert proc.stdout.strip() == user_env.get("GOMP_SPINCOUNT", "None")
-
-
-def _openmp_env_applies():
-    from fastconv import _openmp_helpers
-
-    return _openmp_helpers.openmp_enabled()
