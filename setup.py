@@ -89,7 +89,10 @@ def _extensions():
         print("\n" + "!" * 78 + "\n" + message + "\n" + "!" * 78 + "\n", file=sys.stderr)
         openmp = []
 
-    base_flags = ["-O3", "-fno-math-errno", "-Wno-unused-function", "-Wno-unreachable-code"]
+    # -fno-tree-loop-distribute-patterns: GCC would turn the kernels' short row copies (one
+    # output row, often 14-56 elements) into memmove calls, 35% of a 1x1 layer's time on AVX2.
+    base_flags = ["-O3", "-fno-math-errno", "-fno-tree-loop-distribute-patterns",
+                  "-Wno-unused-function", "-Wno-unreachable-code"]
     if os.environ.get("FASTCONV_MARCH_NATIVE") == "1":
         base_flags.append("-march=native")
     link_flags = list(openmp)

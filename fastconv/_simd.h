@@ -36,9 +36,9 @@ typedef double fc_vf64_u __attribute__((vector_size(FC_VEC_BYTES), aligned(8), m
 #include <immintrin.h>
 #endif
 
-/* Copy n elements: whole vectors, then (AVX-512) one masked vector for the tail. Rows in the
- * kernels are short (one output row), where memcpy's call and a scalar tail cost more than
- * the copy itself. */
+/* Copy n elements: whole vectors, then the tail as one masked vector (AVX-512) or as the
+ * last whole vector again, overlapping. Rows in the kernels are short (one output row), where
+ * memcpy's call and a scalar tail cost more than the copy itself. */
 static inline void fc_copy_f32(float *restrict dst, const float *restrict src, Py_ssize_t n)
 {
     Py_ssize_t k = 0;
@@ -50,7 +50,10 @@ static inline void fc_copy_f32(float *restrict dst, const float *restrict src, P
         _mm512_mask_storeu_ps(dst + k, m, _mm512_maskz_loadu_ps(m, src + k));
     }
 #else
-    for (; k < n; k++) dst[k] = src[k];
+    if (k < n && n >= FC_LANES_F32)  /* the last whole vector again, overlapping: no scalar tail */
+        *(fc_vf32_u *)(dst + n - FC_LANES_F32) = *(const fc_vf32_u *)(src + n - FC_LANES_F32);
+    else
+        for (; k < n; k++) dst[k] = src[k];
 #endif
 }
 
@@ -65,7 +68,10 @@ static inline void fc_copy_f64(double *restrict dst, const double *restrict src,
         _mm512_mask_storeu_pd(dst + k, m, _mm512_maskz_loadu_pd(m, src + k));
     }
 #else
-    for (; k < n; k++) dst[k] = src[k];
+    if (k < n && n >= FC_LANES_F64)  /* the last whole vector again, overlapping: no scalar tail */
+        *(fc_vf64_u *)(dst + n - FC_LANES_F64) = *(const fc_vf64_u *)(src + n - FC_LANES_F64);
+    else
+        for (; k < n; k++) dst[k] = src[k];
 #endif
 }
 
