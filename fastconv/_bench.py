@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -38,7 +39,6 @@ __all__ = [
     "CONV_FACTORIES",
     "DEFAULT_THREADS",
     "PEAK_CORES",
-    "PEAK_GFLOPS",
     "POOL_CONFIGS",
     "POOL_FACTORIES",
     "RELU_FACTORIES",
@@ -46,6 +46,7 @@ __all__ = [
     "Unavailable",
     "add_arguments",
     "conv_data",
+    "core_peak_gflops",
     "extra_layers",
     "fastconv_op_available",
     "load_layers",
@@ -59,13 +60,11 @@ __all__ = [
     "set_peer_threads",
 ]
 
-# Peak arithmetic throughput of the benchmark machine: 2 cores of AMD Zen 4 (AVX-512 executed as
-# 2 x 256-bit FMA per cycle = 32 float32 FLOPs per cycle per core at ~3.65 GHz). Measured with an
-# FMA loop: ~117 GF/s float32 per core, so ~233 for 2 cores; float64 is half. Other machines:
-# set FASTCONV_PEAK_GFLOPS to the float32 peak of PEAK_CORES cores (float64 is taken as half
-# unless FASTCONV_PEAK_GFLOPS_FLOAT64 is set).
-PEAK_GFLOPS = {"float32": 233.0, "float64": 117.0}
-PEAK_CORES = 2
+# Peak arithmetic throughput: measured, not assumed (the same wheel runs on AVX-512 and on
+# AVX2-only machines). peak_gflops() times the selected kernels' peak probe (12 independent
+# vector multiply-add chains) on one thread and scales by the cores used, up to PEAK_CORES.
+# FASTCONV_PEAK_GFLOPS (float32, PEAK_CORES cores) and FASTCONV_PEAK_GFLOPS_FLOAT64 override it.
+PEAK_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 DEFAULT_THREADS = 2
 
 # The public suite (``shared/layers.json``), used when no layers.json file is found (e.g. when
@@ -117,13 +116,29 @@ class Unavailable(Exception):
 def peak_gflops(dtype, threads=PEAK_CORES):
     """Peak GF/s for ``dtype`` on ``min(threads, PEAK_CORES)`` cores (env overrides honoured)."""
     name = np.dtype(dtype).name
-    f32 = float(os.environ.get("FASTCONV_PEAK_GFLOPS", PEAK_GFLOPS["float32"]))
-    if name == "float64":
-        default64 = f32 / 2 if "FASTCONV_PEAK_GFLOPS" in os.environ else PEAK_GFLOPS["float64"]
-        peak = float(os.environ.get("FASTCONV_PEAK_GFLOPS_FLOAT64", default64))
-    else:
-        peak = f32
-    return peak * min(max(int(threads), 1), PEAK_CORES) / PEAK_CORES
+    cores = min(max(int(threads), 1), PEAK_CORES)
+    if "FASTCONV_PEAK_GFLOPS" in os.environ:
+        f32 = float(os.environ["FASTCONV_PEAK_GFLOPS"])
+        peak = float(os.environ.get("FASTCONV_PEAK_GFLOPS_FLOAT64", f32 / 2)) if name == "float64" else f32
+        return peak * cores / PEAK_CORES
+    if name == "float64" and "FASTCONV_PEAK_GFLOPS_FLOAT64" in os.environ:
+        return float(os.environ["FASTCONV_PEAK_GFLOPS_FLOAT64"]) * cores / PEAK_CORES
+    return core_peak_gflops(name) * cores
+
+
+@functools.lru_cache(maxsize=None)
+def core_peak_gflops(dtype_name):
+    """One core's peak GF/s for the selected ISA level: the best of 7 runs of the kernels'
+    peak probe (~10 ms each), measured once per process."""
+    from fastconv import _config
+
+    kernels = _config.load_kernels("conv")
+    best = 0.0
+    for _ in range(7):
+        start = time.perf_counter()
+        flops, _checksum = kernels.peak_probe(dtype_name, 400_000)
+        best = max(best, flops / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 # --------------------------------------------------------------------------------------------

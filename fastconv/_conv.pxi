@@ -25,6 +25,12 @@ cdef extern from "_conv_microkernel.h" nogil:
         FC_ROW_NR_F32
         FC_ROW_NR_F64
     const char *FC_ISA_NAME
+    enum:
+        FC_PEAK_CHAINS
+        FC_LANES_F32
+        FC_LANES_F64
+    float fc_peak_probe_f32(Py_ssize_t iterations)
+    double fc_peak_probe_f64(Py_ssize_t iterations)
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
     float fc_max_nan_f32(float a, float b)
@@ -63,6 +69,19 @@ NR_FLOAT32 = FC_NR_F32    # output pixels per tile, float32
 NR_FLOAT64 = FC_NR_F64    # output pixels per tile, float64
 ROW_NR_FLOAT32 = FC_ROW_NR_F32  # output pixels per tile of the one-filter (depthwise) kernel
 ROW_NR_FLOAT64 = FC_ROW_NR_F64
+
+
+def peak_probe(str dtype, Py_ssize_t iterations):
+    """Run the peak probe of _simd.h (independent vector multiply-adds) on this thread for
+    ``iterations`` steps: ``(floating-point operations done, checksum)``. Timing it gives this
+    core's peak GF/s at this ISA level (fastconv._bench.peak_gflops); the checksum keeps the
+    compiler from dropping the work."""
+    cdef bint single = dtype == "float32"
+    cdef double checksum
+    with nogil:
+        checksum = fc_peak_probe_f32(iterations) if single else fc_peak_probe_f64(iterations)
+    lanes = FC_LANES_F32 if single else FC_LANES_F64
+    return 2 * FC_PEAK_CHAINS * lanes * iterations, checksum
 
 
 cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floating *b,

@@ -12,9 +12,6 @@
 # output element is computed by one task in a fixed order: bit-identical for any thread count.
 
 cdef extern from "_conv_microkernel.h" nogil:
-    enum:
-        FC_LANES_F32
-        FC_LANES_F64
     void fc_stencil_rows_f32(Py_ssize_t taps, const float *w, const float *b, Py_ssize_t b_step,
                              const Py_ssize_t *b_offset, float *c, Py_ssize_t c_step,
                              Py_ssize_t n_rows, Py_ssize_t n, float bias, int relu)

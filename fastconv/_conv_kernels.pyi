@@ -11,6 +11,8 @@ ROW_NR_FLOAT64: int
 LANES_FLOAT32: int
 LANES_FLOAT64: int
 
+def peak_probe(dtype: str, iterations: int) -> tuple[int, float]: ...
+
 def conv2d_forward(
     x: npt.NDArray[np.floating],
     filters: npt.NDArray[np.floating],

@@ -75,6 +75,28 @@ static inline void fc_copy_f64(double *restrict dst, const double *restrict src,
 #endif
 }
 
+/* The machine's peak, measured: FC_PEAK_CHAINS independent multiply-add chains of full
+ * vectors (enough to cover the FMA latency on every x86 core) for `iterations` steps.
+ * Returns a value that depends on every lane, so the compiler keeps the work. */
+#define FC_PEAK_CHAINS 12
+#define FC_DEFINE_PEAK_PROBE(SUF, T, V, LANES)                                               \
+static inline T fc_peak_probe_##SUF(Py_ssize_t iterations)                                 \
+{                                                                                           \
+    V acc[FC_PEAK_CHAINS];                                                                  \
+    const V scale = (V){0} + (T)0.999999, step = (V){0} + (T)1e-7;                          \
+    for (int i = 0; i < FC_PEAK_CHAINS; i++) acc[i] = (V){0} + (T)i;                        \
+    for (Py_ssize_t k = 0; k < iterations; k++) {                                           \
+        _Pragma("GCC unroll 12")                                                            \
+        for (int i = 0; i < FC_PEAK_CHAINS; i++) acc[i] = acc[i] * scale + step;            \
+    }                                                                                       \
+    T sum = 0;                                                                              \
+    for (int i = 0; i < FC_PEAK_CHAINS; i++)                                                \
+        for (int j = 0; j < LANES; j++) sum += acc[i][j];                                   \
+    return sum;                                                                             \
+}
+FC_DEFINE_PEAK_PROBE(f32, float, fc_vf32, FC_LANES_F32)
+FC_DEFINE_PEAK_PROBE(f64, double, fc_vf64, FC_LANES_F64)
+
 /* Index vectors for __builtin_shuffle: the even / odd lanes of two concatenated vectors. */
 #if FC_VEC_BYTES == 64
 #define FC_EVEN_F32 {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}

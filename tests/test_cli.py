@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import _cli, _images
+from fastconv import _bench, _cli, _config, _images
 
 PACKAGE_ROOT = Path(fastconv.__file__).resolve().parents[1]
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # the repository's, beside tests/
@@ -474,3 +474,21 @@ def test_sample_image_is_up_to_date(tmp_path):
     result = run_example("make_sample_image.py", "--check", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert _images.SAMPLE_IMAGE_PATH.stat().st_size < 100_000
+
+
+def test_peak_probe_counts_its_operations():
+    """The bench's peak comes from the kernels' probe: 12 chains x lanes x 2 FLOPs a step."""
+    kernels = _config.load_kernels("conv")
+    for dtype, lanes in (("float32", kernels.LANES_FLOAT32), ("float64", kernels.LANES_FLOAT64)):
+        flops, checksum = kernels.peak_probe(dtype, 1000)
+        assert flops == 2 * 12 * lanes * 1000
+        assert np.isfinite(checksum)
+    assert _bench.peak_gflops("float32", 1) > 0
+
+
+def test_peak_can_be_set(monkeypatch):
+    monkeypatch.setenv("FASTCONV_PEAK_GFLOPS", "400")
+    assert _bench.peak_gflops("float32", _bench.PEAK_CORES) == 400
+    assert _bench.peak_gflops("float64", _bench.PEAK_CORES) == 200
+    monkeypatch.setenv("FASTCONV_PEAK_GFLOPS_FLOAT64", "150")
+    assert _bench.peak_gflops("float64", _bench.PEAK_CORES) == 150
