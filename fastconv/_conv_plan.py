@@ -70,12 +70,15 @@ def plan(*, n_images, groups, in_per_group, fblocks, height, width, out_h, out_w
     phases, pitch, col_src, col_inner, tap_phase, tap_shift = _column_maps(
         width, out_w, kw, sw, dw, left, right, padding_mode)
 
-    rows = _rows_per_task(out_h, out_w, pitch, nr, n_images * groups)
-    rows = -(-rows // row_multiple) * row_multiple
+    def slab_rows_of(rows):
+        return rows + (kh - 1) * dh if sh == 1 else kh * rows
+
+    rows, fblocks_per_task = _split_tasks(
+        out_h=out_h, out_w=out_w, pitch=pitch, nr=nr, mr=mr, planes=n_images * groups,
+        fblocks=fblocks, depth=in_per_group * kh * kw,
+        fill_per_row_span=in_per_group * phases * pitch, slab_rows_of=slab_rows_of,
+        row_multiple=row_multiple)
     row_blocks = -(-out_h // rows)
-    # Too few row bands to balance the threads: split the filters too.
-    fchunks = min(fblocks, -(-MIN_TASKS // (n_images * groups * row_blocks)))
-    fblocks_per_task = -(-fblocks // fchunks)
 
     # Slab rows of each band of output rows, and where tap kh starts among them.
     bands = np.arange(row_blocks)[:, None] * rows
@@ -206,34 +209,60 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
                          slab_size + groups_per_task * multiplier * rows * stage_row)
 
 
-def _two_thread_balance(task_sizes):
-    """Useful fraction of two threads' time when they take the tasks in order, each the next
-    one as soon as it is free (OpenMP's dynamic schedule)."""
+# The task split's cost model, in units of one multiply-add of one vector lane: copying one
+# element into the slab (fill) and starting one task (dispatch, copy-out setup). Rough, measured
+# from perf profiles on Zen 3/4; they only need to rank splits.
+FILL_ELEMENT_COST = 8
+TASK_COST = 4000
+
+
+def _two_thread_makespan(plane_tasks, planes):
+    """Time for two threads taking the tasks of ``planes`` planes in order (``plane_tasks``:
+    the costs of one plane's tasks), each the next task as soon as it is free (OpenMP's
+    dynamic schedule); with many tasks, the usual bound."""
+    if len(plane_tasks) * planes > 64:
+        return sum(plane_tasks) * planes / 2 + max(plane_tasks) / 2
     loads = [0, 0]
-    for size in task_sizes:
-        loads[loads[1] < loads[0]] += size
-    return sum(task_sizes) / (2 * max(loads))
+    for cost in plane_tasks * planes:
+        loads[loads[1] < loads[0]] += cost
+    return max(loads)
 
 
-def _rows_per_task(out_h, out_w, pitch, nr, planes):
-    """Output rows per task: among the splits that waste least on junk columns and tile
-    rounding and still leave MIN_TASKS tasks over ``planes`` (image, group) pairs, the one
-    that keeps two threads busiest, then the largest; else the smallest split."""
-    costs = {}
-    for rows in range(1, out_h + 1):
-        span = rows * pitch
-        if span > MAX_TASK_PIXELS and rows > 1:
+def _split_tasks(*, out_h, out_w, pitch, nr, mr, planes, fblocks, depth, fill_per_row_span,
+                 slab_rows_of, row_multiple):
+    """``(rows per task, filter blocks per task)``: the split with the least estimated time
+    on two threads. A task computes its band's pixels over the pitch, rounded up to whole
+    tiles, for its filters, after filling the slab with all its band's input rows: splitting
+    the filters repeats that fill, splitting the rows repeats the halo rows. Among splits
+    within 3% of the best, one with MIN_TASKS tasks if any (dynamic balance absorbs a
+    disturbed thread), then the cheapest."""
+
+    def task_cost(band_rows, blocks):
+        return (TASK_COST + FILL_ELEMENT_COST * fill_per_row_span * slab_rows_of(band_rows)
+                + -(-band_rows * pitch // nr) * nr * blocks * mr * depth)
+
+    candidates = []
+    for rows in range(row_multiple, out_h + row_multiple, row_multiple):
+        if rows * pitch > MAX_TASK_PIXELS and rows > row_multiple:
             break
-        costs[rows] = (-(-span // nr) * nr) / (rows * out_w)  # computed per useful pixel
-    best = min(costs.values())
-    near_best = [rows for rows, cost in costs.items() if cost <= best * 1.03]
-    enough = [rows for rows in near_best if planes * -(-out_h // rows) >= MIN_TASKS]
-    if not enough:
-        return min(near_best)
-
-    def balance(rows):
         bands = -(-out_h // rows)
-        sizes = [rows] * (bands - 1) + [out_h - (bands - 1) * rows]
-        return round(_two_thread_balance(sizes * planes), 2)
-
-    return max(enough, key=lambda rows: (balance(rows), rows))
+        last_rows = out_h - (bands - 1) * rows
+        max_chunks = min(fblocks, -(-2 * MIN_TASKS // (planes * bands)))  # enough tasks
+        for fchunks in range(1, max_chunks + 1):
+            per_task = -(-fblocks // fchunks)
+            if -(-fblocks // per_task) != fchunks:
+                continue  # the same split as a smaller fchunks
+            chunk_blocks = [per_task] * (fchunks - 1) + [fblocks - (fchunks - 1) * per_task]
+            plane_tasks = []
+            for blocks in chunk_blocks:
+                plane_tasks += [task_cost(rows, blocks)] * (bands - 1)
+                plane_tasks.append(task_cost(last_rows, blocks))
+            candidates.append((_two_thread_makespan(plane_tasks, planes),
+                               len(plane_tasks) * planes, rows, per_task))
+    # At least two tasks per thread where the problem allows: one slowed thread (a busy
+    # core) then costs a task, not half the call.
+    candidates = [c for c in candidates if c[1] >= 4] or candidates
+    best = min(c[0] for c in candidates)
+    _, _, rows, per_task = max((c for c in candidates if c[0] <= best * 1.03),
+                               key=lambda c: (min(c[1], MIN_TASKS), -c[0]))
+    return rows, per_task
