@@ -11,10 +11,13 @@
 # Each output element is written by one task and reduced in a fixed order, so results are
 # bit-identical for any thread count.
 
+cimport numpy as cnp
 from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset
 
 from cython cimport floating
+
+cnp.import_array()
 
 
 cdef extern from "_conv_microkernel.h" nogil:
@@ -85,6 +88,47 @@ def peak_probe(str dtype, Py_ssize_t iterations):
     lanes = FC_LANES_F32 if single else FC_LANES_F64
     return 2 * FC_PEAK_CHAINS * lanes * iterations, checksum
 
+
+# Kernel arguments arrive as NumPy arrays and are read through _Arg views: typed memoryview
+# arguments cost ~0.4 us each to acquire, most of the time of a small call.
+ctypedef struct _Arg:
+    char *data
+    Py_ssize_t shape[4]
+    Py_ssize_t strides[4]   # in elements
+
+
+cdef int _arg(object array, str name, int typenum, int ndim, bint writeable, bint contiguous,
+              _Arg *view) except -1:
+    """Check a kernel argument against what the kernel assumes of it (conv.py guarantees
+    all of it; this guards the kernel against any other caller) and describe it in view."""
+    if not cnp.PyArray_Check(array):
+        raise TypeError(f"{name} must be a NumPy array, got {type(array).__name__}")
+    cdef cnp.ndarray a = <cnp.ndarray>array
+    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(a)
+    cdef int k
+    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != ndim
+            or not cnp.PyArray_ISALIGNED(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or (writeable and not cnp.PyArray_ISWRITEABLE(a))
+            or (contiguous and not cnp.PyArray_IS_C_CONTIGUOUS(a))):
+        flags = array.flags
+        raise ValueError(f"{name}: a {array.ndim}-D {array.dtype} array (aligned "
+                         f"{flags.aligned}, writeable {flags.writeable}, C-contiguous "
+                         f"{flags.c_contiguous}) does not fit the kernel ({ndim}-D "
+                         f"{cnp.PyArray_DescrFromType(typenum)})")
+    view.data = cnp.PyArray_BYTES(a)
+    for k in range(ndim):
+        if cnp.PyArray_STRIDES(a)[k] % itemsize:
+            raise ValueError(f"{name}: strides {array.strides} are not whole elements")
+        view.shape[k] = cnp.PyArray_DIMS(a)[k]
+        view.strides[k] = cnp.PyArray_STRIDES(a)[k] // itemsize
+    return 0
+
+
+cdef int _float_type(object x) except -1:
+    """NPY_FLOAT32 or NPY_FLOAT64: the dtype x (and every other floating argument) has."""
+    if cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
+        return cnp.NPY_FLOAT32
+    return cnp.NPY_FLOAT64  # anything else is refused by _arg
 
 cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floating *b,
                               const Py_ssize_t *b_offset, floating *c, Py_ssize_t ldc,
@@ -300,29 +344,69 @@ cdef void _copy_out(
 
 
 def conv2d_forward(
-    const floating[:, :, :, :] x not None,       # IN  (N, C, H, W) any strides (NHWC = a view)
-    const floating[:, :, ::1] filters not None,   # IN  (G, Fg, R) weights, R = (c, kh, kw)
-    const floating[:, :, :, ::1] packed not None, # IN  (G, FB - inplace_blocks, R, MR) the
-                                                  #     other blocks of MR filters, packed
-                                                  #     (see conv._pack)
-    Py_ssize_t inplace_blocks,                    # blocks of MR filters read from filters
-    const floating[:, ::1] packed_bias not None,  # IN  (G, FB*MR) bias, zero-padded
-    const Py_ssize_t[:, ::1] row_src not None,    # IN  (row bands, slab rows) input row or -1
-    const Py_ssize_t[:, ::1] col_src not None,    # IN  (P, Wq) input col per slab column or -1
-    const Py_ssize_t[:, ::1] col_inner not None,  # IN  (P, 3) linear interior of col_src
-    const Py_ssize_t[::1] b_offset not None,      # IN  (CC*KH*KW,) slab offset of row (c, kh, kw)
-    floating[:, :, ::1] out not None,             # OUT (N, F, OH*OW) or (N, OH*OW, F) if NHWC;
-                                                  #     with pool: (N, F, PH*PW) or (N, PH*PW, F)
+    x,                     # IN  (N, C, H, W) float32/float64, any strides (NHWC = a view)
+    filters,               # IN  (G, Fg, R) weights, R = (c, kh, kw), C-contiguous
+    packed,                # IN  (G, FB - inplace_blocks, R, MR) the other blocks of MR
+                           #     filters, packed (see conv._pack)
+    Py_ssize_t inplace_blocks,   # blocks of MR filters read from filters
+    packed_bias,           # IN  (G, FB*MR) bias, zero-padded
+    row_src,               # IN  intp (row bands, slab rows) input row or -1
+    col_src,               # IN  intp (P, Wq) input col per slab column or -1
+    col_inner,             # IN  intp (P, 3) linear interior of col_src
+    b_offset,              # IN  intp (CC*KH*KW,) slab offset of row (c, kh, kw)
+    out,                   # OUT (N, F, OH*OW) or (N, OH*OW, F) if NHWC;
+                           #     with pool: (N, F, PH*PW) or (N, PH*PW, F)
     Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count,
     Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t filters_per_group,
     Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
     Py_ssize_t slab_size, Py_ssize_t stage_pitch,
-    floating[::1] scratch not None,               # SCRATCH num_threads x (slab + staged tile)
+    scratch,               # SCRATCH num_threads x (slab + staged tile)
     bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
 ):
     """out = conv(x, weight) + bias (then ReLU, then pool x pool / pool max pooling when
     pool > 1, straight from the staged tile), for a whole batch; see _conv.pxi's header.
-    With pooling, rows_per_task is a multiple of pool."""
+    With pooling, rows_per_task is a multiple of pool. The arrays are C-contiguous (but x)
+    and of one float dtype; the plan tables are intp."""
+    cdef int t = _float_type(x)
+    cdef _Arg xv, fv, pv, bv, rs, cs, ci, bo, ov, sv
+    _arg(x, "x", t, 4, False, False, &xv)
+    _arg(filters, "filters", t, 3, False, True, &fv)
+    _arg(packed, "packed", t, 4, False, True, &pv)
+    _arg(packed_bias, "packed_bias", t, 2, False, True, &bv)
+    _arg(row_src, "row_src", cnp.NPY_INTP, 2, False, True, &rs)
+    _arg(col_src, "col_src", cnp.NPY_INTP, 2, False, True, &cs)
+    _arg(col_inner, "col_inner", cnp.NPY_INTP, 2, False, True, &ci)
+    _arg(b_offset, "b_offset", cnp.NPY_INTP, 1, False, True, &bo)
+    _arg(out, "out", t, 3, True, True, &ov)
+    _arg(scratch, "scratch", t, 1, True, True, &sv)
+    if t == cnp.NPY_FLOAT32:
+        _gemm_forward(<const float *>xv.data, <const float *>fv.data, <const float *>pv.data,
+                      <const float *>bv.data, <float *>ov.data, <float *>sv.data,
+                      &xv, &fv, &pv, inplace_blocks, &bv, &rs, &cs, &ci, &bo, &ov,
+                      stride_w, kh_count, kw_count, out_h, out_w, filters_per_group,
+                      rows_per_task, channels_per_chunk, fblocks_per_task, slab_size,
+                      stage_pitch, &sv, channels_last, relu, pool, num_threads)
+    else:
+        _gemm_forward(<const double *>xv.data, <const double *>fv.data, <const double *>pv.data,
+                      <const double *>bv.data, <double *>ov.data, <double *>sv.data,
+                      &xv, &fv, &pv, inplace_blocks, &bv, &rs, &cs, &ci, &bo, &ov,
+                      stride_w, kh_count, kw_count, out_h, out_w, filters_per_group,
+                      rows_per_task, channels_per_chunk, fblocks_per_task, slab_size,
+                      stage_pitch, &sv, channels_last, relu, pool, num_threads)
+
+
+cdef int _gemm_forward(
+    const floating *x_data, const floating *filters_data, const floating *packed_data,
+    const floating *bias_data, floating *out_data, floating *scratch_data,
+    const _Arg *x, const _Arg *filters, const _Arg *packed, Py_ssize_t inplace_blocks,
+    const _Arg *packed_bias, const _Arg *row_src, const _Arg *col_src, const _Arg *col_inner,
+    const _Arg *b_offset, const _Arg *out,
+    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count,
+    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t filters_per_group,
+    Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
+    Py_ssize_t slab_size, Py_ssize_t stage_pitch, const _Arg *scratch,
+    bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
+) except -1:
     cdef Py_ssize_t n_images = x.shape[0]
     cdef Py_ssize_t groups = filters.shape[0]
     cdef Py_ssize_t fblocks = (filters_per_group + FC_MR - 1) // FC_MR
@@ -342,11 +426,9 @@ def conv2d_forward(
     cdef Py_ssize_t row_blocks = (out_h + rows_per_task - 1) // rows_per_task
     cdef Py_ssize_t fchunks = (fblocks + fblocks_per_task - 1) // fblocks_per_task
     cdef Py_ssize_t n_tasks = n_images * groups * fchunks * row_blocks
-    cdef Py_ssize_t itemsize = sizeof(floating)
-    cdef Py_ssize_t sn = x.strides[0] // itemsize, sc = x.strides[1] // itemsize
-    cdef Py_ssize_t sh = x.strides[2] // itemsize, sw = x.strides[3] // itemsize
-    cdef const floating *x_data = &x[0, 0, 0, 0] if x.size > 0 else NULL
-    cdef floating *out_data = &out[0, 0, 0]
+    cdef Py_ssize_t sn = x.strides[0], sc = x.strides[1], sh = x.strides[2], sw = x.strides[3]
+    cdef const Py_ssize_t *bands = <const Py_ssize_t *>row_src.data
+    cdef const Py_ssize_t *offsets = <const Py_ssize_t *>b_offset.data
     cdef Py_ssize_t out_pixels = out_h * out_w
     cdef Py_ssize_t pooled_pixels = (out_h // pool) * (out_w // pool) if pool > 1 else out_pixels
     # The staged output tile of a task: its filters x its pixels (over the row pitch).
@@ -360,18 +442,24 @@ def conv2d_forward(
     cdef long long work = <long long>n_images * out_pixels * n_filters * depth
 
     if n_tasks == 0:
-        return
+        return 0
     if (stage_pitch < rows_per_task * pitch or stage_pitch % nr
-            or scratch.shape[0] < num_threads * scratch_per_thread):
+            or scratch.shape[0] < num_threads * scratch_per_thread
+            or row_src.shape[0] < row_blocks or col_inner.shape[0] != phases
+            or b_offset.shape[0] < channels_per_chunk * taps):
         raise ValueError("conv2d_forward: stage_pitch or scratch too small for the plan")
     if (filters.shape[1] != filters_per_group or packed_bias.shape[1] < fblocks * FC_MR
             or inplace_blocks * FC_MR > filters_per_group
+            or filters.shape[0] * in_per_group != x.shape[1]
+            or out.shape[0] != n_images
+            or out.shape[1] * out.shape[2] != n_filters * pooled_pixels
             or (inplace_blocks < fblocks and (packed.shape[1] != fblocks - inplace_blocks
-                                              or packed.shape[2] != depth))):
+                                              or packed.shape[2] != depth
+                                              or packed.shape[3] != FC_MR))):
         raise ValueError("conv2d_forward: filters, packed or bias do not match the plan")
     # The slab's slack beyond the filled rows is read only by junk columns, which are dropped.
     with nogil, parallel(num_threads=num_threads, use_threads_if=work > 200000):
-        slab = &scratch[0] + threadid() * scratch_per_thread
+        slab = scratch_data + threadid() * scratch_per_thread
         stage = slab + slab_size
         for task in prange(n_tasks, schedule="dynamic"):
             rb = task % row_blocks
@@ -388,28 +476,35 @@ def conv2d_forward(
                 cc = min(channels_per_chunk, in_per_group - c0)
                 last = c0 + cc == in_per_group
                 _fill_slab(x_data + n * sn + (g * in_per_group + c0) * sc, sc, sh, sw, cc,
-                           &row_src[rb, 0], row_src.shape[1], &col_src[0, 0],
-                           &col_inner[0, 0], stride_w, phases, pitch, slab)
+                           bands + rb * row_src.shape[1], row_src.shape[1],
+                           <const Py_ssize_t *>col_src.data,
+                           <const Py_ssize_t *>col_inner.data, stride_w, phases, pitch, slab)
                 j0 = 0
                 while j0 < q_len:
                     if one_filter:
-                        _microkernel_row(cc * taps, &filters[g, 0, c0 * taps],
-                                         slab + j0, &b_offset[0], stage + j0,
-                                         &packed_bias[g, 0] if c0 == 0 else NULL,
+                        _microkernel_row(cc * taps, filters_data + g * depth + c0 * taps,
+                                         slab + j0, offsets, stage + j0,
+                                         bias_data + g * packed_bias.shape[1] if c0 == 0
+                                         else NULL,
                                          relu and last)
                         j0 = j0 + nr
                         continue
                     for fb in range(fb0, fb1):
-                        bias_ptr = &packed_bias[g, fb * FC_MR] if c0 == 0 else NULL
+                        bias_ptr = (bias_data + g * packed_bias.shape[1] + fb * FC_MR
+                                    if c0 == 0 else NULL)
                         if fb < inplace_blocks:
-                            _microkernel_rows(cc * taps, &filters[g, fb * FC_MR, c0 * taps],
-                                              depth, slab + j0, &b_offset[0],
+                            _microkernel_rows(cc * taps,
+                                              filters_data + (g * filters_per_group
+                                                              + fb * FC_MR) * depth + c0 * taps,
+                                              depth, slab + j0, offsets,
                                               stage + (fb - fb0) * FC_MR * stage_pitch + j0,
                                               stage_pitch, bias_ptr, relu and last)
                         else:
                             _microkernel(cc * taps,
-                                         &packed[g, fb - inplace_blocks, c0 * taps, 0],
-                                         slab + j0, &b_offset[0],
+                                         packed_data
+                                         + ((g * packed.shape[1] + fb - inplace_blocks) * depth
+                                            + c0 * taps) * FC_MR,
+                                         slab + j0, offsets,
                                          stage + (fb - fb0) * FC_MR * stage_pitch + j0,
                                          stage_pitch, bias_ptr, relu and last)
                     j0 = j0 + nr
@@ -420,6 +515,7 @@ def conv2d_forward(
                       rows, oh0, out_data + n * n_filters * pooled_pixels,
                       g * filters_per_group + f_local, n_filters, out_h, out_w,
                       channels_last, pool)
+    return 0
 
 
 include "_conv_depthwise.pxi"
