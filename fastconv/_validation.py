@@ -158,28 +158,20 @@ def check_output_size(shape, what):
 # never touches the pool. So once this process may have started a team of more than one thread
 # (resolve_num_threads returned > 1), a child forked from it runs every call on one thread, and
 # so do its own children. A child forked before that (e.g. multiprocessing workers forked from
-# a forkserver that only imported fastconv) keeps its threads. The at-fork hook covers os.fork
-# and multiprocessing; the pid check covers forks made from C, which skip Python's hooks.
-_pid = os.getpid()  # the process the two flags below describe
+# a forkserver that only imported fastconv) keeps its threads. A pthread_atfork handler counts
+# forks (fork_count), which covers os.fork, multiprocessing and forks made from C alike.
+_forks_seen = _openmp_helpers.fork_count()  # forks the two flags below have taken into account
 _threads_used = False  # this process may have run a team of more than one thread
 _forked_child = False  # forked from a process that had: run serially
-
-
-def _after_fork_in_child():
-    global _pid, _forked_child
-    _pid = os.getpid()
-    _forked_child = _forked_child or _threads_used
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def in_forked_child():
     """True in a process forked (at any depth) from one that had run fastconv's kernels on more
     than one thread: every call then runs on one thread."""
-    if os.getpid() != _pid:
-        _after_fork_in_child()
+    global _forks_seen, _forked_child
+    if _openmp_helpers.fork_count() != _forks_seen:
+        _forks_seen = _openmp_helpers.fork_count()
+        _forked_child = _forked_child or _threads_used
     return _forked_child
 
 

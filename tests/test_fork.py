@@ -3,7 +3,7 @@
 libgomp's thread pool does not survive ``fork()``: a child whose forking thread had led a
 parallel region of more than one thread waits forever for pool threads that exist only in the
 parent. fastconv runs every call of such a child on one thread
-(``_validation.in_forked_child``: an ``os.register_at_fork`` hook plus a pid check), and a
+(``_validation.in_forked_child``: a fork counter kept by a pthread_atfork handler), and a
 one-thread team never touches the pool.
 
 Each scenario runs in a fresh interpreter (``subprocess`` with a timeout), so a hang fails the
@@ -212,7 +212,7 @@ def test_child_keeps_its_threads_if_the_parent_never_ran_a_team():
 
 def test_fork_from_c_without_python_hooks():
     """A fork that skips os.register_at_fork hooks (libc's fork through ctypes, as C code would
-    do) is still detected, by the pid check."""
+    do) is still detected, by the fork counter of a pthread_atfork handler."""
     out = run_scenario("""
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -244,6 +244,7 @@ def test_the_hang_is_real_without_the_guard():
     out = run_scenario("""
         pid = os.fork()
         if pid == 0:
+            _validation._forks_seen = _validation._openmp_helpers.fork_count()
             _validation._forked_child = False        # switch the guard off
             fastconv.conv2d(x, w, padding=1, num_threads=2)
             os._exit(0)
