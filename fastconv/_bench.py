@@ -119,7 +119,9 @@ def peak_gflops(dtype, threads=PEAK_CORES):
     cores = min(max(int(threads), 1), PEAK_CORES)
     if "FASTCONV_PEAK_GFLOPS" in os.environ:
         f32 = float(os.environ["FASTCONV_PEAK_GFLOPS"])
-        peak = float(os.environ.get("FASTCONV_PEAK_GFLOPS_FLOAT64", f32 / 2)) if name == "float64" else f32
+        peak = f32
+        if name == "float64":
+            peak = float(os.environ.get("FASTCONV_PEAK_GFLOPS_FLOAT64", f32 / 2))
         return peak * cores / PEAK_CORES
     if name == "float64" and "FASTCONV_PEAK_GFLOPS_FLOAT64" in os.environ:
         return float(os.environ["FASTCONV_PEAK_GFLOPS_FLOAT64"]) * cores / PEAK_CORES

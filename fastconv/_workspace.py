@@ -29,6 +29,8 @@ def acquire(dtype, *counts):
     up to ``SMALL_BYTES``). Hand ``lease`` back with :func:`release` once the kernel has
     returned."""
     itemsize = dtype.itemsize
+    if len(counts) == 1 and counts[0] * itemsize <= SMALL_BYTES:  # the common small case, fast
+        return None, [np.empty(counts[0], dtype)]
     spans = [-(-count * itemsize // ALIGN) * ALIGN for count in counts]
     needed = sum(spans)
     if needed <= SMALL_BYTES:
