@@ -37,13 +37,16 @@ cdef inline void _stencil_rows(Py_ssize_t taps, const floating *w, const floatin
 
 def depthwise_conv2d_forward(
     x,                     # IN  (N, C, H, W) float32/float64, any strides (NHWC = a view)
-    weight,                # IN  (C, M, KH*KW): M filters per channel, C-contiguous
-    bias,                  # IN  (C*M,)
+    weight,                # IN  (C*M, 1, KH, KW) or (C, M, KH*KW): M filters per channel,
+                           #     C-contiguous
+    bias,                  # IN  (C*M,) or None (zero)
     row_src,               # IN  intp (row bands, slab rows) input row or -1
     col_src,               # IN  intp (P, pitch) input col per slab column or -1
     col_inner,             # IN  intp (P, 3) linear interior of col_src
     tap_offset,            # IN  intp (KH*KW,) slab offset of tap (kh, kw)
-    out,                   # OUT (N, C*M, OH*OW) or (N, OH*OW, C*M) if NHWC; with pool: PH*PW
+    out,                   # OUT (N, C*M, OH, OW) or (N, OH, OW, C*M) if NHWC, C-contiguous,
+                           #     any shape of that size; with pool: PH, PW
+    Py_ssize_t multiplier, Py_ssize_t taps,   # M filters per channel, KH*KW taps per filter
     Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t rows_per_task, Py_ssize_t groups_per_task, Py_ssize_t stage_row,
     Py_ssize_t slab_size,
@@ -57,24 +60,29 @@ def depthwise_conv2d_forward(
     cdef int t = _float_type(x)
     cdef _Arg xv, wv, bv, rs, cs, ci, to, ov, sv
     _arg(x, "x", t, 4, False, False, &xv)
-    _arg(weight, "weight", t, 3, False, True, &wv)
-    _arg(bias, "bias", t, 1, False, True, &bv)
+    _flat_arg(weight, "weight", t, False, &wv)
+    bv.data = NULL
+    bv.shape[0] = 0
+    if bias is not None:
+        _flat_arg(bias, "bias", t, False, &bv)
     _arg(row_src, "row_src", cnp.NPY_INTP, 2, False, True, &rs)
     _arg(col_src, "col_src", cnp.NPY_INTP, 2, False, True, &cs)
     _arg(col_inner, "col_inner", cnp.NPY_INTP, 2, False, True, &ci)
     _arg(tap_offset, "tap_offset", cnp.NPY_INTP, 1, False, True, &to)
-    _arg(out, "out", t, 3, True, True, &ov)
+    _flat_arg(out, "out", t, True, &ov)
     _arg(scratch, "scratch", t, 1, True, True, &sv)
     if t == cnp.NPY_FLOAT32:
         _depthwise_forward(<const float *>xv.data, <const float *>wv.data,
                            <const float *>bv.data, <float *>ov.data, <float *>sv.data,
-                           &xv, &wv, &bv, &rs, &cs, &ci, &to, &ov, stride_h, stride_w, out_h,
+                           &xv, &wv, &bv, &rs, &cs, &ci, &to, &ov, multiplier, taps, stride_h,
+                           stride_w, out_h,
                            out_w, rows_per_task, groups_per_task, stage_row, slab_size, &sv,
                            channels_last, relu, pool, num_threads)
     else:
         _depthwise_forward(<const double *>xv.data, <const double *>wv.data,
                            <const double *>bv.data, <double *>ov.data, <double *>sv.data,
-                           &xv, &wv, &bv, &rs, &cs, &ci, &to, &ov, stride_h, stride_w, out_h,
+                           &xv, &wv, &bv, &rs, &cs, &ci, &to, &ov, multiplier, taps, stride_h,
+                           stride_w, out_h,
                            out_w, rows_per_task, groups_per_task, stage_row, slab_size, &sv,
                            channels_last, relu, pool, num_threads)
 
@@ -84,13 +92,12 @@ cdef int _depthwise_forward(
     floating *out_data, floating *scratch_data,
     const _Arg *x, const _Arg *weight, const _Arg *bias, const _Arg *row_src,
     const _Arg *col_src, const _Arg *col_inner, const _Arg *tap_offset, const _Arg *out,
-    Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t out_h, Py_ssize_t out_w,
+    Py_ssize_t per_channel, Py_ssize_t taps, Py_ssize_t stride_h, Py_ssize_t stride_w, Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t rows_per_task, Py_ssize_t groups_per_task, Py_ssize_t stage_row,
     Py_ssize_t slab_size, const _Arg *scratch,
     bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
 ) except -1:
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1]
-    cdef Py_ssize_t per_channel = weight.shape[1], taps = weight.shape[2]
     cdef Py_ssize_t n_filters = channels * per_channel
     cdef Py_ssize_t phases = col_src.shape[0], pitch = col_src.shape[1]
     cdef Py_ssize_t slab_rows = row_src.shape[1]
@@ -113,15 +120,16 @@ cdef int _depthwise_forward(
     cdef bint direct = not channels_last and pool <= 1 and stage_row - out_w <= out_w
     cdef floating *dst
     cdef const floating *taps_f
+    cdef floating bias_f
 
     if n_tasks == 0:
         return 0
     if scratch.shape[0] < num_threads * scratch_per_thread:
         raise ValueError("depthwise_conv2d_forward: scratch too small for the plan")
-    if (weight.shape[0] != channels or bias.shape[0] < n_filters or tap_offset.shape[0] < taps
-            or row_src.shape[0] < row_blocks or col_inner.shape[0] != phases
-            or out.shape[0] != n_images
-            or out.shape[1] * out.shape[2] != n_filters * pooled_pixels):
+    if (weight.shape[0] != n_filters * taps or (bias_data != NULL and bias.shape[0] != n_filters)
+            or tap_offset.shape[0] < taps or row_src.shape[0] < row_blocks
+            or col_inner.shape[0] != phases
+            or out.shape[0] != n_images * n_filters * pooled_pixels):
         raise ValueError("depthwise_conv2d_forward: weight, bias or out do not match the plan")
     # The slab's slack is read only by junk lanes past out_w, which are dropped.
     with nogil, parallel(num_threads=num_threads, use_threads_if=work > 200000):
@@ -143,6 +151,7 @@ cdef int _depthwise_forward(
                 for m in range(per_channel):
                     f = (c0 + c) * per_channel + m
                     taps_f = weight_data + f * taps
+                    bias_f = bias_data[f] if bias_data != NULL else 0
                     if direct:
                         # Straight into the output rows: the junk lanes of a row land on the
                         # next row of the same band, which is stored after them; only the
@@ -151,16 +160,16 @@ cdef int _depthwise_forward(
                         dst = out_data + ((n * n_filters + f) * out_h + oh0) * out_w
                         _stencil_rows(taps, taps_f, slab + c * channel_stride,
                                       stride_h * pitch, offsets, dst, out_w,
-                                      rows - 1, out_w, bias_data[f], relu)
+                                      rows - 1, out_w, bias_f, relu)
                         _stencil_rows(taps, taps_f,
                                       slab + c * channel_stride + (rows - 1) * stride_h * pitch,
-                                      0, offsets, stage, 0, 1, out_w, bias_data[f], relu)
+                                      0, offsets, stage, 0, 1, out_w, bias_f, relu)
                         _copy(dst + (rows - 1) * out_w, stage, out_w)
                     else:
                         _stencil_rows(taps, taps_f, slab + c * channel_stride,
                                       stride_h * pitch, offsets,
                                       stage + (c * per_channel + m) * filter_pitch, stage_row,
-                                      rows, out_w, bias_data[f], relu)
+                                      rows, out_w, bias_f, relu)
             if not direct:
                 _copy_out(stage, filter_pitch, stage_row, cc * per_channel, rows, oh0,
                           out_data + n * n_filters * pooled_pixels, c0 * per_channel,

@@ -11,6 +11,7 @@ ROW_NR_FLOAT64: int
 LANES_FLOAT32: int
 LANES_FLOAT64: int
 
+def array_key(*arrays: npt.NDArray[np.generic] | None) -> bytes: ...
 def peak_probe(dtype: str, iterations: int) -> tuple[int, float]: ...
 
 def conv2d_forward(
@@ -44,12 +45,14 @@ def conv2d_forward(
 def depthwise_conv2d_forward(
     x: npt.NDArray[np.floating],
     weight: npt.NDArray[np.floating],
-    bias: npt.NDArray[np.floating],
+    bias: npt.NDArray[np.floating] | None,
     row_src: npt.NDArray[np.intp],
     col_src: npt.NDArray[np.intp],
     col_inner: npt.NDArray[np.intp],
     tap_offset: npt.NDArray[np.intp],
     out: npt.NDArray[np.floating],
+    multiplier: int,
+    taps: int,
     stride_h: int,
     stride_w: int,
     out_h: int,

@@ -184,8 +184,9 @@ def resolve_num_threads(num_threads):
     if num_threads is None:
         if in_forked_child():
             return 1
-        threads = max(1, min(_openmp_helpers.get_max_threads(), _CPU_COUNT))
-        _threads_used = _threads_used or threads > 1
+        threads = min(_openmp_helpers.get_max_threads(), _CPU_COUNT)  # both >= 1
+        if threads > 1:
+            _threads_used = True
         return threads
     if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (Integral, np.integer)):
         raise TypeError(f"num_threads must be None or an int >= 1, got {num_threads!r}")

@@ -274,24 +274,18 @@ def _call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
     that must be validated in full (``out=``, array-likes, unusual parameter types)."""
     if out is not None or type(x) is not np.ndarray or type(groups) is not int:
         return None
-    if not (_simple(stride) and _simple(padding) and _simple(dilation)
-            and _simple(padding_mode) and _simple(layout) and _simple(activation)):
+    # Plain ints and strings (the usual arguments) first: this runs on every call.
+    if not ((type(stride) is int or _simple(stride)) and (type(padding) is int or _simple(padding))
+            and (type(dilation) is int or _simple(dilation)) and type(padding_mode) is str
+            and type(layout) is str and (activation is None or type(activation) is str)):
         return None
-    if type(weight) is np.ndarray:
-        weight_key = (weight.shape, weight.dtype)
+    if type(weight) is np.ndarray and (bias is None or type(bias) is np.ndarray):
+        arrays = _kernels.array_key(x, weight, bias)
     elif type(weight) is _PackedWeights and bias is None:
-        weight_key = (weight.weight.shape, weight.weight.dtype, weight.groups,
-                      None if weight.bias is None else weight.bias.dtype)
+        arrays = (_kernels.array_key(x, weight.weight, weight.bias), weight.groups)
     else:
         return None
-    if bias is None:
-        bias_key = None
-    elif type(bias) is np.ndarray:
-        bias_key = (bias.shape, bias.dtype)
-    else:
-        return None
-    return (x.shape, x.strides, x.dtype, x.flags.aligned, type(weight), weight_key, bias_key,
-            stride, padding, dilation, groups, padding_mode, layout, activation, pool)
+    return (arrays, stride, padding, dilation, groups, padding_mode, layout, activation, pool)
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
@@ -321,8 +315,8 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
         v.check_out(out, call.shape, call.dtype, arrays)
     if out.size == 0:
         return out
-    out3 = out.reshape(call.kernel_shape)
     if call.path == "bias":  # no input channels: the bias alone
+        out3 = out.reshape(call.kernel_shape)
         fill = np.zeros(weight.shape[0], call.dtype) if bias is None else bias.astype(call.dtype)
         out3[...] = fill if call.channels_last else fill[:, None]
         if call.relu:
@@ -334,9 +328,9 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
     if call.copy_x:
         x_kernel = np.ascontiguousarray(x_kernel)
     if call.path == "depthwise":
-        _depthwise(call, x_kernel, weight, bias, out3, threads)
+        _depthwise(call, x_kernel, weight, bias, out, threads)
     else:
-        _gemm(call, x_kernel, weight, bias, packed_weights, out3, threads)
+        _gemm(call, x_kernel, weight, bias, packed_weights, out, threads)
     return out
 
 
@@ -437,8 +431,9 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
     return call, x, weight, bias
 
 
-def _gemm(call, x, weight, bias, packed_weights, out3, threads):
-    """The implicit-GEMM kernel (see ``_conv.pxi``); ``x`` is (N, C, H, W) in the dtype."""
+def _gemm(call, x, weight, bias, packed_weights, out, threads):
+    """The implicit-GEMM kernel (see ``_conv.pxi``); ``x`` is (N, C, H, W) in the dtype,
+    ``out`` the C-contiguous result."""
     n_filters, _, kh, kw = weight.shape
     groups, dtype = call.groups, call.dtype
     per_group = n_filters // groups
@@ -452,7 +447,7 @@ def _gemm(call, x, weight, bias, packed_weights, out3, threads):
     try:
         _kernels.conv2d_forward(
             x, filters, packed, inplace_blocks, packed_bias, layout_plan.row_src,
-            layout_plan.col_src, layout_plan.col_inner, layout_plan.b_offset, out3,
+            layout_plan.col_src, layout_plan.col_inner, layout_plan.b_offset, out,
             call.stride[1], kh, kw, out_h, out_w, per_group,
             layout_plan.rows_per_task, layout_plan.channels_per_chunk,
             layout_plan.fblocks_per_task, layout_plan.slab_size, layout_plan.stage_pitch,
@@ -462,22 +457,25 @@ def _gemm(call, x, weight, bias, packed_weights, out3, threads):
         _workspace.release(lease)
 
 
-def _depthwise(call, x, weight, bias, out3, threads):
-    """The depthwise kernel: one input channel per group (see ``_conv_depthwise.pxi``)."""
+def _depthwise(call, x, weight, bias, out, threads):
+    """The depthwise kernel: one input channel per group (see ``_conv_depthwise.pxi``);
+    ``out`` is the C-contiguous result."""
     channels = x.shape[1]
     n_filters, _, kh, kw = weight.shape
     dtype = call.dtype
     out_h, out_w = call.out_hw
     layout_plan = call.plan
-    taps = np.ascontiguousarray(v.as_kernel_input(weight, dtype).reshape(
-        channels, n_filters // channels, kh * kw))
-    bias = np.zeros(n_filters, dtype) if bias is None else np.ascontiguousarray(
-        v.as_kernel_input(bias, dtype))
+    weight = v.as_kernel_input(weight, dtype)  # (C * M, 1, KH, KW): as the kernel reads it
+    if not weight.flags.c_contiguous:
+        weight = np.ascontiguousarray(weight)
+    if bias is not None:
+        bias = np.ascontiguousarray(v.as_kernel_input(bias, dtype))
     lease, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
     try:
         _kernels.depthwise_conv2d_forward(
-            x, taps, bias, layout_plan.row_src, layout_plan.col_src, layout_plan.col_inner,
-            layout_plan.tap_offset, out3, call.stride[0], call.stride[1], out_h, out_w,
+            x, weight, bias, layout_plan.row_src, layout_plan.col_src, layout_plan.col_inner,
+            layout_plan.tap_offset, out, n_filters // channels, kh * kw, call.stride[0],
+            call.stride[1], out_h, out_w,
             layout_plan.rows_per_task, layout_plan.groups_per_task, layout_plan.stage_row,
             layout_plan.slab_size, scratch, call.channels_last, call.relu, call.pool, threads)
     finally:
