@@ -18,6 +18,7 @@ __all__ = [
     "LAYOUTS",
     "as_array",
     "compute_dtype",
+    "as_contiguous_kernel_input",
     "as_kernel_input",
     "int_pair",
     "check_layout",
@@ -86,6 +87,15 @@ def as_kernel_input(array, dtype):
     if array.dtype != dtype or not array.dtype.isnative:
         array = array.astype(dtype)
     return array
+
+
+def as_contiguous_kernel_input(array, dtype):
+    """The array in ``dtype``, native byte order, C-contiguous and aligned, as the kernels
+    read weights and biases; a copy only when one of those is missing."""
+    flags = array.flags
+    if array.dtype == dtype and array.dtype.isnative and flags.c_contiguous and flags.aligned:
+        return array
+    return np.array(array, dtype=dtype, order="C")
 
 
 def int_pair(value, name, minimum):

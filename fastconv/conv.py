@@ -90,8 +90,7 @@ def _pack(weight, bias, groups, dtype):
     per_group = n_filters // groups
     depth = in_per_group * kh * kw
     fblocks = -(-per_group // mr)
-    filters = np.ascontiguousarray(v.as_kernel_input(weight, dtype)).reshape(
-        groups, per_group, depth)
+    filters = v.as_contiguous_kernel_input(weight, dtype).reshape(groups, per_group, depth)
     inplace_blocks = per_group // mr if depth > PACK_ALL_DEPTH else 0
     first = inplace_blocks * mr
     packed = np.zeros((groups, fblocks - inplace_blocks, mr, depth), dtype)
@@ -313,6 +312,12 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
     else:
         arrays = [(x, "x"), (weight, "weight")] + ([(bias, "bias")] if bias is not None else [])
         v.check_out(out, call.shape, call.dtype, arrays)
+        if not out.flags.aligned:  # the kernels need aligned memory: compute, then copy
+            if packed_weights is not None:
+                weight, bias = packed_weights, None
+            out[...] = _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode,
+                               layout, activation, None, num_threads, pool)
+            return out
     if out.size == 0:
         return out
     if call.path == "bias":  # no input channels: the bias alone
@@ -325,8 +330,8 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
     x4 = x[None] if call.unbatched else x
     x_kernel = v.as_kernel_input(x4.transpose(0, 3, 1, 2) if call.channels_last else x4,
                                  call.dtype)
-    if call.copy_x:
-        x_kernel = np.ascontiguousarray(x_kernel)
+    if call.copy_x:  # a fresh array: aligned, whole-element strides
+        x_kernel = x_kernel.copy()
     if call.path == "depthwise":
         _depthwise(call, x_kernel, weight, bias, out, threads)
     else:
@@ -465,11 +470,9 @@ def _depthwise(call, x, weight, bias, out, threads):
     dtype = call.dtype
     out_h, out_w = call.out_hw
     layout_plan = call.plan
-    weight = v.as_kernel_input(weight, dtype)  # (C * M, 1, KH, KW): as the kernel reads it
-    if not weight.flags.c_contiguous:
-        weight = np.ascontiguousarray(weight)
+    weight = v.as_contiguous_kernel_input(weight, dtype)  # (C * M, 1, KH, KW): as read
     if bias is not None:
-        bias = np.ascontiguousarray(v.as_kernel_input(bias, dtype))
+        bias = v.as_contiguous_kernel_input(bias, dtype)
     lease, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
     try:
         _kernels.depthwise_conv2d_forward(

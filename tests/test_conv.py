@@ -1177,6 +1177,48 @@ def test_repeated_calls_reuse_validation_but_not_data(rng):
     assert len(conv._CALLS) == 2
 
 
+def test_cached_calls_tell_apart_byte_order_alignment_and_dtype(rng):
+    """Arrays of one shape and strides that differ in byte order, alignment or dtype are
+    different calls (conv._kernels.array_key): each gives its own exact result."""
+    from fastconv import conv
+
+    x, w, b = make_inputs(rng, integer=True)
+    expected = conv2d_reference(x, w, b, padding=1)
+    fastconv.conv2d(x, w, b, padding=1)  # cache the plain call first
+    swapped = x.astype(x.dtype.newbyteorder())
+    raw = np.empty(x.nbytes + 1, np.uint8)
+    misaligned = np.frombuffer(raw.data, x.dtype, x.size, offset=1).reshape(x.shape)
+    misaligned[...] = x
+    assert swapped.strides == misaligned.strides == x.strides and not misaligned.flags.aligned
+    for variant in (swapped, misaligned):
+        assert_array_equal(fastconv.conv2d(variant, w, b, padding=1),
+                           expected.astype(np.float32))
+    assert_array_equal(fastconv.conv2d(x.astype(np.float64), w, b, padding=1), expected)
+    keys = {conv._call_key(a, w, b, 1, 1, 1, 1, "zeros", "NCHW", None, None, 1)
+            for a in (x, swapped, misaligned, x.astype(np.float64))}
+    assert len(keys) == 4
+
+
+def _misaligned(a):
+    raw = np.empty(a.nbytes + 1, np.uint8)
+    out = np.frombuffer(raw.data, a.dtype, a.size, offset=1).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("groups", [1, 4])  # the GEMM kernel and the depthwise one
+def test_misaligned_or_swapped_weights_and_bias(rng, groups):
+    x, w, b = make_inputs(rng, c=4, f=4, groups=groups, integer=True)
+    expected = conv2d_reference(x, w, b, padding=1, groups=groups).astype(np.float32)
+    for weight, bias in [(_misaligned(w), _misaligned(b)),
+                         (w.astype(w.dtype.newbyteorder()), b.astype(b.dtype.newbyteorder()))]:
+        assert_array_equal(fastconv.conv2d(x, weight, bias, padding=1, groups=groups), expected)
+    for weight, bias in [(w, b), (fastconv.conv._prepack_weights(w, b, groups), None)]:
+        out = _misaligned(np.zeros_like(expected))
+        assert fastconv.conv2d(x, weight, bias, padding=1, groups=groups, out=out) is out
+        assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize("name, good, bad, error", [
     ("stride", 1, True, TypeError),
     ("stride", (1, 1), (1, True), TypeError),
