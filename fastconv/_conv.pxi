@@ -36,8 +36,6 @@ cdef extern from "_conv_microkernel.h" nogil:
     double fc_peak_probe_f64(Py_ssize_t iterations)
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
-    void fc_copy_even_f32(float *dst, const float *src, Py_ssize_t n)
-    void fc_copy_even_f64(double *dst, const double *src, Py_ssize_t n)
     float fc_max_nan_f32(float a, float b)
     double fc_max_nan_f64(double a, double b)
     void fc_max_rows_f32(float *top, const float *row, Py_ssize_t n)
@@ -309,11 +307,9 @@ cdef void _fill_slab(
                     src = x_row + c * sc + (lo * stride_w + offset) * sw
                     if step == 1:
                         _copy(dst + c * channel_stride + lo, src, hi - lo)
-                    elif step == 2:  # stride 2: the even lanes of vector pairs
-                        if floating is float:
-                            fc_copy_even_f32(dst + c * channel_stride + lo, src, hi - lo)
-                        else:
-                            fc_copy_even_f64(dst + c * channel_stride + lo, src, hi - lo)
+                    elif step == 2:  # stride 2 with a constant step vectorises (even lanes)
+                        for k in range(hi - lo):
+                            dst[c * channel_stride + lo + k] = src[2 * k]
                     else:
                         for k in range(hi - lo):
                             dst[c * channel_stride + lo + k] = src[k * step]

@@ -151,22 +151,6 @@ static inline void fc_max_pairs_##SUF(T *restrict dst, Py_ssize_t step, const T 
 FC_DEFINE_MAX_NAN(f32, float, fc_vf32, fc_vf32_u, fc_vi32, FC_LANES_F32, FC_EVEN_F32, FC_ODD_F32)
 FC_DEFINE_MAX_NAN(f64, double, fc_vf64, fc_vf64_u, fc_vi64, FC_LANES_F64, FC_EVEN_F64, FC_ODD_F64)
 
-/* dst[k] = src[2k] for k < n: the even lanes of two vectors at a time (a stride-2 row of the
- * slab). A vector step reads src[2k .. 2k + 2 LANES - 1], so it runs only while that stays
- * within the 2n - 1 elements the row has; the rest is scalar. */
-#define FC_DEFINE_COPY_EVEN(SUF, T, V, VU, VI, LANES, EVEN)                                   \
-static inline void fc_copy_even_##SUF(T *restrict dst, const T *restrict src, Py_ssize_t n) \
-{                                                                                           \
-    const VI even = EVEN;                                                                   \
-    Py_ssize_t k = 0;                                                                       \
-    for (; k + LANES < n; k += LANES)                                                       \
-        *(VU *)(dst + k) = __builtin_shuffle(*(const VU *)(src + 2 * k),                   \
-                                             *(const VU *)(src + 2 * k + LANES), even);     \
-    for (; k < n; k++) dst[k] = src[2 * k];                                                 \
-}
-FC_DEFINE_COPY_EVEN(f32, float, fc_vf32, fc_vf32_u, fc_vi32, FC_LANES_F32, FC_EVEN_F32)
-FC_DEFINE_COPY_EVEN(f64, double, fc_vf64, fc_vf64_u, fc_vi64, FC_LANES_F64, FC_EVEN_F64)
-
 /* Transposes for NHWC output: a block of T filters x T pixels (rows ld_src apart) becomes
  * T pixels x T filters (rows ld_dst apart). 32-byte vectors on every ISA level (two xmm on
  * SSE2); the shuffles are AVX's unpack / shuffle / permute2f128 8x8 network. */
