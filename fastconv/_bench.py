@@ -130,15 +130,15 @@ def peak_gflops(dtype, threads=PEAK_CORES):
 
 @functools.lru_cache(maxsize=None)
 def core_peak_gflops(dtype_name):
-    """One core's peak GF/s for the selected ISA level: the best of 7 runs of the kernels'
-    peak probe (~10 ms each), measured once per process."""
+    """One core's peak GF/s for the selected ISA level: the best of 10 runs of the kernels'
+    peak probe (5-10 ms each; the first ones let the clock ramp up), once per process."""
     from fastconv import _config
 
     kernels = _config.load_kernels("conv")
     best = 0.0
-    for _ in range(7):
+    for _ in range(10):
         start = time.perf_counter()
-        flops, _checksum = kernels.peak_probe(dtype_name, 400_000)
+        flops, _checksum = kernels.peak_probe(dtype_name, 4_000_000)
         best = max(best, flops / (time.perf_counter() - start) / 1e9)
     return best
 
