@@ -146,6 +146,7 @@ cdef int _float_type(object x) except -1:
         return cnp.NPY_FLOAT32
     return cnp.NPY_FLOAT64  # anything else is refused by _arg
 
+
 def array_key(*arrays):
     """What conv2d's validation and plan depend on in these arrays (None allowed), as bytes:
     per array its dimensions, strides, type number, alignment and byte order. Built in C:
@@ -172,6 +173,7 @@ def array_key(*arrays):
             fields[n + 1] = cnp.PyArray_STRIDES(a)[k]
             n += 2
     return (<char *>fields)[:n * sizeof(Py_ssize_t)]
+
 
 cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floating *b,
                               const Py_ssize_t *b_offset, floating *c, Py_ssize_t ldc,
@@ -488,7 +490,7 @@ cdef int _gemm_forward(
             or scratch.shape[0] < num_threads * scratch_per_thread
             or row_src.shape[0] < row_blocks or col_inner.shape[0] != phases
             or b_offset.shape[0] < channels_per_chunk * taps):
-        raise ValueError("conv2d_forward: stage_pitch or scratch too small for the plan")
+        raise ValueError("conv2d_forward: stage_pitch, scratch or plan tables do not fit the plan")
     if (filters.shape[1] != filters_per_group or packed_bias.shape[1] < fblocks * FC_MR
             or inplace_blocks * FC_MR > filters_per_group
             or filters.shape[0] * in_per_group != x.shape[1]
