@@ -41,6 +41,7 @@ def conv2d_forward(
     relu: bool,
     pool: int,
     num_threads: int,
+    pointwise: bool = ...,
 ) -> None: ...
 def depthwise_conv2d_forward(
     x: npt.NDArray[np.floating],

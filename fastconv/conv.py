@@ -457,6 +457,7 @@ def _gemm(call, x, weight, bias, packed_weights, out, threads):
             layout_plan.rows_per_task, layout_plan.channels_per_chunk,
             layout_plan.fblocks_per_task, layout_plan.slab_size, layout_plan.stage_pitch,
             scratch, call.channels_last, call.relu, call.pool, threads,
+            kh == kw == 1 and call.stride == (1, 1) and not any(call.pads),
         )
     finally:
         _workspace.release(lease)

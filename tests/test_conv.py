@@ -1199,6 +1199,27 @@ def test_cached_calls_tell_apart_byte_order_alignment_and_dtype(rng):
     assert len(keys) == 4
 
 
+@pytest.mark.parametrize("n, c, h, w, f, groups", [
+    (1, 5, 7, 9, 6, 1),      # band lengths that end in a partial tile
+    (3, 8, 4, 6, 16, 1),     # whole tiles only
+    (2, 6, 5, 5, 3, 3),      # one filter per group (the one-row tile)
+    (1, 300, 3, 11, 4, 1),   # more channels than one reduction chunk
+])
+def test_pointwise_reads_x_in_place(rng, n, c, h, w, f, groups):
+    """1x1, stride 1, no padding: whole tiles read x's rows directly; views whose rows are
+    not contiguous, and NHWC, take the slab; every result exact."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=(1, 1), groups=groups,
+                               integer=True)
+    expected = conv2d_reference(x, weight, b, groups=groups).astype(np.float32)
+    assert_array_equal(fastconv.conv2d(x, weight, b, groups=groups), expected)
+    wide = np.zeros((n, c, h, w + 3), np.float32)
+    wide[..., :w] = x
+    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, groups=groups), expected)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    assert_array_equal(fastconv.conv2d(nhwc, weight, b, groups=groups, layout="NHWC"),
+                       expected.transpose(0, 2, 3, 1))
+
+
 def _misaligned(a):
     raw = np.empty(a.nbytes + 1, np.uint8)
     out = np.frombuffer(raw.data, a.dtype, a.size, offset=1).reshape(a.shape)
