@@ -103,45 +103,34 @@ ctypedef struct _Arg:
 cdef int _arg(object array, str name, int typenum, int ndim, bint writeable, bint contiguous,
               _Arg *view) except -1:
     """Check a kernel argument against what the kernel assumes of it (conv.py guarantees
-    all of it; this guards the kernel against any other caller) and describe it in view."""
+    all of it; this guards the kernel against any other caller) and describe it in view.
+    ndim = -1: a C-contiguous array of any shape, read as a flat run of view.shape[0]."""
     if not cnp.PyArray_Check(array):
         raise TypeError(f"{name} must be a NumPy array, got {type(array).__name__}")
     cdef cnp.ndarray a = <cnp.ndarray>array
     cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(a)
     cdef int k
-    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != ndim
+    contiguous = contiguous or ndim == -1
+    if (cnp.PyArray_TYPE(a) != typenum or (ndim != -1 and cnp.PyArray_NDIM(a) != ndim)
             or not cnp.PyArray_ISALIGNED(a) or not cnp.PyArray_ISNOTSWAPPED(a)
             or (writeable and not cnp.PyArray_ISWRITEABLE(a))
             or (contiguous and not cnp.PyArray_IS_C_CONTIGUOUS(a))):
         flags = array.flags
         raise ValueError(f"{name}: a {array.ndim}-D {array.dtype} array (aligned "
                          f"{flags.aligned}, writeable {flags.writeable}, C-contiguous "
-                         f"{flags.c_contiguous}) does not fit the kernel ({ndim}-D "
+                         f"{flags.c_contiguous}) does not fit the kernel ("
+                         f"{'any' if ndim == -1 else ndim}-D "
                          f"{cnp.PyArray_DescrFromType(typenum)})")
     view.data = cnp.PyArray_BYTES(a)
+    if ndim == -1:
+        view.shape[0] = cnp.PyArray_SIZE(a)
+        view.strides[0] = 1
+        return 0
     for k in range(ndim):
         if cnp.PyArray_STRIDES(a)[k] % itemsize:
             raise ValueError(f"{name}: strides {array.strides} are not whole elements")
         view.shape[k] = cnp.PyArray_DIMS(a)[k]
         view.strides[k] = cnp.PyArray_STRIDES(a)[k] // itemsize
-    return 0
-
-
-cdef int _flat_arg(object array, str name, int typenum, bint writeable, _Arg *view) except -1:
-    """A C-contiguous array of any shape, read as a flat run of view.shape[0] elements."""
-    if not cnp.PyArray_Check(array):
-        raise TypeError(f"{name} must be a NumPy array, got {type(array).__name__}")
-    cdef cnp.ndarray a = <cnp.ndarray>array
-    if (cnp.PyArray_TYPE(a) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(a)
-            or not cnp.PyArray_ISALIGNED(a) or not cnp.PyArray_ISNOTSWAPPED(a)
-            or (writeable and not cnp.PyArray_ISWRITEABLE(a))):
-        flags = array.flags
-        raise ValueError(f"{name}: a {array.dtype} array (aligned {flags.aligned}, writeable "
-                         f"{flags.writeable}, C-contiguous {flags.c_contiguous}) does not fit "
-                         f"the kernel (C-contiguous {cnp.PyArray_DescrFromType(typenum)})")
-    view.data = cnp.PyArray_BYTES(a)
-    view.shape[0] = cnp.PyArray_SIZE(a)
-    view.strides[0] = 1
     return 0
 
 
@@ -426,7 +415,7 @@ def conv2d_forward(
     _arg(col_src, "col_src", cnp.NPY_INTP, 2, False, True, &cs)
     _arg(col_inner, "col_inner", cnp.NPY_INTP, 2, False, True, &ci)
     _arg(b_offset, "b_offset", cnp.NPY_INTP, 1, False, True, &bo)
-    _flat_arg(out, "out", t, True, &ov)
+    _arg(out, "out", t, -1, True, True, &ov)
     _arg(scratch, "scratch", t, 1, True, True, &sv)
     if t == cnp.NPY_FLOAT32:
         _gemm_forward(<const float *>xv.data, <const float *>fv.data, <const float *>pv.data,

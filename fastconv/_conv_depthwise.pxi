@@ -60,16 +60,16 @@ def depthwise_conv2d_forward(
     cdef int t = _float_type(x)
     cdef _Arg xv, wv, bv, rs, cs, ci, to, ov, sv
     _arg(x, "x", t, 4, False, False, &xv)
-    _flat_arg(weight, "weight", t, False, &wv)
+    _arg(weight, "weight", t, -1, False, True, &wv)
     bv.data = NULL
     bv.shape[0] = 0
     if bias is not None:
-        _flat_arg(bias, "bias", t, False, &bv)
+        _arg(bias, "bias", t, -1, False, True, &bv)
     _arg(row_src, "row_src", cnp.NPY_INTP, 2, False, True, &rs)
     _arg(col_src, "col_src", cnp.NPY_INTP, 2, False, True, &cs)
     _arg(col_inner, "col_inner", cnp.NPY_INTP, 2, False, True, &ci)
     _arg(tap_offset, "tap_offset", cnp.NPY_INTP, 1, False, True, &to)
-    _flat_arg(out, "out", t, True, &ov)
+    _arg(out, "out", t, -1, True, True, &ov)
     _arg(scratch, "scratch", t, 1, True, True, &sv)
     if t == cnp.NPY_FLOAT32:
         _depthwise_forward(<const float *>xv.data, <const float *>wv.data,

@@ -179,8 +179,9 @@ def in_forked_child():
     """True in a process forked (at any depth) from one that had run fastconv's kernels on more
     than one thread: every call then runs on one thread."""
     global _forks_seen, _forked_child
-    if _openmp_helpers.fork_count() != _forks_seen:
-        _forks_seen = _openmp_helpers.fork_count()
+    forks = _openmp_helpers.fork_count()
+    if forks != _forks_seen:
+        _forks_seen = forks
         _forked_child = _forked_child or _threads_used
     return _forked_child
 
