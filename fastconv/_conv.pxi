@@ -72,6 +72,9 @@ ISA = FC_ISA_NAME.decode()
 # _gemm_forward); an L2's worth.
 cdef enum:
     DIRECT_SPAN_BYTES = 256 * 1024
+# Calls with less work (multiply-adds) than this run on one thread: waking a second costs more.
+cdef enum:
+    PARALLEL_WORK = 200000
 MR = FC_MR                # output channels per micro-kernel tile (filters go in blocks of MR)
 NR_FLOAT32 = FC_NR_F32    # output pixels per tile, float32
 NR_FLOAT64 = FC_NR_F64    # output pixels per tile, float64
@@ -380,76 +383,146 @@ cdef void _copy_out(
                            out_image + (oh0 + row) * out_w * n_filters + f, n_filters)
 
 
-def conv2d_forward(
-    x,                     # IN  (N, C, H, W) float32/float64, any strides (NHWC = a view)
-    filters,               # IN  (G, Fg, R) weights, R = (c, kh, kw), C-contiguous
-    packed,                # IN  (G, FB - inplace_blocks, R, MR) the other blocks of MR
-                           #     filters, packed (see conv._pack)
-    Py_ssize_t inplace_blocks,   # blocks of MR filters read from filters
-    packed_bias,           # IN  (G, FB*MR) bias, zero-padded
-    row_src,               # IN  intp (row bands, slab rows) input row or -1
-    col_src,               # IN  intp (P, Wq) input col per slab column or -1
-    col_inner,             # IN  intp (P, 3) linear interior of col_src
-    b_offset,              # IN  intp (CC*KH*KW,) slab offset of row (c, kh, kw)
-    out,                   # OUT (N, F, OH, OW) or (N, OH, OW, F) if NHWC, C-contiguous, any
-                           #     shape of that size; with pool: PH, PW
-    Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count,
-    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t filters_per_group,
-    Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
-    Py_ssize_t slab_size, Py_ssize_t stage_pitch,
-    scratch,               # SCRATCH num_threads x (slab + staged tile)
-    bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
-    bint pointwise=False,  # 1x1, stride 1, no padding: whole tiles may read x's rows in place
-):
-    """out = conv(x, weight) + bias (then ReLU, then pool x pool / pool max pooling when
-    pool > 1, straight from the staged tile), for a whole batch; see _conv.pxi's header.
-    With pooling, rows_per_task is a multiple of pool. The arrays are C-contiguous (but x)
-    and of one float dtype; the plan tables are intp."""
-    cdef int t = _float_type(x)
-    cdef _Arg xv, fv, pv, bv, rs, cs, ci, bo, ov, sv
-    _arg(x, "x", t, 4, False, False, &xv)
-    _arg(filters, "filters", t, 3, False, True, &fv)
-    _arg(packed, "packed", t, 4, False, True, &pv)
-    _arg(packed_bias, "packed_bias", t, 2, False, True, &bv)
-    _arg(row_src, "row_src", cnp.NPY_INTP, 2, False, True, &rs)
-    _arg(col_src, "col_src", cnp.NPY_INTP, 2, False, True, &cs)
-    _arg(col_inner, "col_inner", cnp.NPY_INTP, 2, False, True, &ci)
-    _arg(b_offset, "b_offset", cnp.NPY_INTP, 1, False, True, &bo)
-    _arg(out, "out", t, -1, True, True, &ov)
-    _arg(scratch, "scratch", t, 1, True, True, &sv)
-    if t == cnp.NPY_FLOAT32:
-        _gemm_forward(<const float *>xv.data, <const float *>fv.data, <const float *>pv.data,
-                      <const float *>bv.data, <float *>ov.data, <float *>sv.data,
-                      &xv, &fv, &pv, inplace_blocks, &bv, &rs, &cs, &ci, &bo, &ov,
-                      stride_w, kh_count, kw_count, out_h, out_w, filters_per_group,
-                      rows_per_task, channels_per_chunk, fblocks_per_task, slab_size,
-                      stage_pitch, &sv, channels_last, relu, pool, num_threads, pointwise)
-    else:
-        _gemm_forward(<const double *>xv.data, <const double *>fv.data, <const double *>pv.data,
-                      <const double *>bv.data, <double *>ov.data, <double *>sv.data,
-                      &xv, &fv, &pv, inplace_blocks, &bv, &rs, &cs, &ci, &bo, &ov,
-                      stride_w, kh_count, kw_count, out_h, out_w, filters_per_group,
-                      rows_per_task, channels_per_chunk, fblocks_per_task, slab_size,
-                      stage_pitch, &sv, channels_last, relu, pool, num_threads, pointwise)
+ctypedef struct _GemmJob:
+    # What every task of one _gemm_forward call shares (see there); arrays as void pointers
+    # (a struct cannot have fused types), read as the call's float type.
+    const void *x
+    const void *filters
+    const void *packed
+    const void *packed_bias
+    void *out
+    Py_ssize_t sn, sc, sh, sw
+    const Py_ssize_t *bands
+    Py_ssize_t slab_rows
+    const Py_ssize_t *col_src
+    const Py_ssize_t *col_inner
+    const Py_ssize_t *offsets
+    const Py_ssize_t *x_offsets
+    Py_ssize_t stride_w, phases, pitch, slab_channel
+    Py_ssize_t in_per_group, channels_per_chunk
+    Py_ssize_t row_blocks, rows_per_task, out_h, out_w
+    Py_ssize_t groups, filters_per_group, n_filters
+    Py_ssize_t fchunks, fblocks, fblocks_per_task, inplace_blocks, packed_blocks
+    Py_ssize_t depth, taps, nr, stage_pitch, pooled_pixels, pool
+    bint direct, one_filter, relu, channels_last
+
+
+cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
+                     floating *stage) noexcept nogil:
+    """One task of _gemm_forward: a band of output rows of one image and group, for a chunk
+    of filter blocks, into the thread's slab and staged tile."""
+    cdef const floating *x_data = <const floating *>job.x
+    cdef const floating *filters = <const floating *>job.filters
+    cdef const floating *packed = <const floating *>job.packed
+    cdef const floating *packed_bias = <const floating *>job.packed_bias
+    cdef Py_ssize_t row_blocks = job.row_blocks, fchunks = job.fchunks, groups = job.groups
+    cdef Py_ssize_t in_per_group = job.in_per_group, depth = job.depth, taps = job.taps
+    cdef Py_ssize_t sn = job.sn, sc = job.sc, sh = job.sh
+    cdef Py_ssize_t nr = job.nr, fblocks = job.fblocks, stage_pitch = job.stage_pitch
+    cdef Py_ssize_t inplace_blocks = job.inplace_blocks
+    cdef Py_ssize_t filters_per_group = job.filters_per_group
+    cdef bint relu = job.relu
+    cdef Py_ssize_t n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0, k, tiles_end
+    cdef Py_ssize_t f_local
+    cdef const floating *b
+    cdef const Py_ssize_t *b_rows
+    cdef const floating *bias_ptr
+    cdef bint last
+    rb = task % row_blocks
+    fc = (task // row_blocks) % fchunks
+    g = (task // (row_blocks * fchunks)) % groups
+    n = task // (row_blocks * fchunks * groups)
+    oh0 = rb * job.rows_per_task
+    rows = min(job.rows_per_task, job.out_h - oh0)
+    q_len = rows * job.pitch
+    fb0 = fc * job.fblocks_per_task
+    fb1 = min(fb0 + job.fblocks_per_task, fblocks)
+    c0 = 0
+    while c0 < in_per_group:
+        cc = min(job.channels_per_chunk, in_per_group - c0)
+        last = c0 + cc == in_per_group
+        tiles_end = 0
+        if job.direct:
+            tiles_end = q_len - q_len % nr
+            for k in range(cc):  # the partial tile's columns, into the slab
+                _copy(slab + k * job.slab_channel + tiles_end,
+                      x_data + n * sn + (g * in_per_group + c0 + k) * sc + oh0 * sh
+                      + tiles_end, q_len - tiles_end)
+        else:
+            _fill_slab(x_data + n * sn + (g * in_per_group + c0) * sc, sc, sh, job.sw, cc,
+                       job.bands + rb * job.slab_rows, job.slab_rows, job.col_src,
+                       job.col_inner, job.stride_w, job.phases, job.pitch, slab)
+        j0 = 0
+        while j0 < q_len:
+            if j0 < tiles_end:
+                b = x_data + n * sn + (g * in_per_group + c0) * sc + oh0 * sh + j0
+                b_rows = job.x_offsets
+            else:
+                b = slab + j0
+                b_rows = job.offsets
+            if job.one_filter:
+                _microkernel_row(cc * taps, filters + g * depth + c0 * taps, b, b_rows,
+                                 stage + j0,
+                                 packed_bias + g * fblocks * FC_MR if c0 == 0 else NULL,
+                                 relu and last)
+                j0 = j0 + nr
+                continue
+            for fb in range(fb0, fb1):
+                bias_ptr = (packed_bias + g * fblocks * FC_MR + fb * FC_MR
+                            if c0 == 0 else NULL)
+                if fb < inplace_blocks:
+                    _microkernel_rows(cc * taps,
+                                      filters + (g * filters_per_group + fb * FC_MR) * depth
+                                      + c0 * taps,
+                                      depth, b, b_rows,
+                                      stage + (fb - fb0) * FC_MR * stage_pitch + j0,
+                                      stage_pitch, bias_ptr, relu and last)
+                else:
+                    _microkernel(cc * taps,
+                                 packed + ((g * job.packed_blocks + fb - inplace_blocks) * depth
+                                           + c0 * taps) * FC_MR,
+                                 b, b_rows,
+                                 stage + (fb - fb0) * FC_MR * stage_pitch + j0,
+                                 stage_pitch, bias_ptr, relu and last)
+            j0 = j0 + nr
+        c0 = c0 + cc
+    # Copy the staged tile out, dropping the junk columns past out_w.
+    f_local = fb0 * FC_MR
+    _copy_out(stage, stage_pitch, job.pitch, min(fb1 * FC_MR, filters_per_group) - f_local,
+              rows, oh0, <floating *>job.out + n * job.n_filters * job.pooled_pixels,
+              g * filters_per_group + f_local, job.n_filters, job.out_h, job.out_w,
+              job.channels_last, job.pool)
 
 
 cdef int _gemm_forward(
-    const floating *x_data, const floating *filters_data, const floating *packed_data,
-    const floating *bias_data, floating *out_data, floating *scratch_data,
-    const _Arg *x, const _Arg *filters, const _Arg *packed, Py_ssize_t inplace_blocks,
-    const _Arg *packed_bias, const _Arg *row_src, const _Arg *col_src, const _Arg *col_inner,
-    const _Arg *b_offset, const _Arg *out,
+    const _Arg *x,                 # IN  (N, C, H, W) any element strides
+    const floating *filters,       # IN  (G, Fg, R) weights, R = (c, kh, kw), C-contiguous
+    const floating *packed,        # IN  (G, FB - inplace_blocks, R, MR): the other blocks
+    Py_ssize_t inplace_blocks,     #     of MR filters, packed (_pack_filters)
+    const floating *packed_bias,   # IN  (G, FB*MR) bias, zero-padded
+    floating *out_data,            # OUT (N, F, OH*OW) or (N, OH*OW, F) if NHWC; with pool
+                                   #     (PH*PW)
+    floating *scratch_data,        # SCRATCH num_threads x scratch_per_thread
+    Py_ssize_t groups, Py_ssize_t filters_per_group,
+    const _Arg *row_src,           # IN  intp (row bands, slab rows) input row or -1
+    const _Arg *col_src,           # IN  intp (P, Wq) input col per slab column or -1
+    const _Arg *col_inner,         # IN  intp (P, 3) linear interior of col_src
+    const _Arg *b_offset,          # IN  intp (CC*KH*KW,) slab offset of row (c, kh, kw)
     Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count,
-    Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t filters_per_group,
+    Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
-    Py_ssize_t slab_size, Py_ssize_t stage_pitch, const _Arg *scratch,
+    Py_ssize_t slab_size, Py_ssize_t stage_pitch,
     bint channels_last, bint relu, Py_ssize_t pool, int num_threads, bint pointwise,
 ) except -1:
+    """out = conv(x, weight) + bias (then ReLU, then pool x pool / pool max pooling when
+    pool > 1, straight from the staged tile), for a whole batch; see this file's header.
+    The caller (_GemmCall) has checked every size against the plan."""
     cdef Py_ssize_t n_images = x.shape[0]
-    cdef Py_ssize_t groups = filters.shape[0]
     cdef Py_ssize_t fblocks = (filters_per_group + FC_MR - 1) // FC_MR
-    cdef Py_ssize_t depth = filters.shape[2]
     cdef Py_ssize_t in_per_group = x.shape[1] // groups
+    cdef Py_ssize_t depth = in_per_group * kh_count * kw_count
+    cdef Py_ssize_t packed_blocks = fblocks - inplace_blocks
+    cdef const floating *x_data = <const floating *>x.data
     cdef Py_ssize_t n_filters = filters_per_group * groups
     cdef Py_ssize_t phases = col_src.shape[0]
     cdef Py_ssize_t pitch = col_src.shape[1]
@@ -471,29 +544,13 @@ cdef int _gemm_forward(
     cdef Py_ssize_t pooled_pixels = (out_h // pool) * (out_w // pool) if pool > 1 else out_pixels
     # The staged output tile of a task: its filters x its pixels (over the row pitch).
     cdef Py_ssize_t scratch_per_thread = slab_size + fblocks_per_task * FC_MR * stage_pitch
-    cdef Py_ssize_t task, n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0
-    cdef Py_ssize_t f_local
-    cdef floating *slab
-    cdef floating *stage
-    cdef const floating *bias_ptr
-    cdef bint last
+    cdef Py_ssize_t task
+    cdef floating *slab = NULL
+    cdef floating *stage = NULL
     cdef long long work = <long long>n_images * out_pixels * n_filters * depth
 
     if n_tasks == 0:
         return 0
-    if (stage_pitch < rows_per_task * pitch or stage_pitch % nr
-            or scratch.shape[0] < num_threads * scratch_per_thread
-            or row_src.shape[0] < row_blocks or col_inner.shape[0] != phases
-            or b_offset.shape[0] < channels_per_chunk * taps):
-        raise ValueError("conv2d_forward: stage_pitch, scratch or plan tables do not fit the plan")
-    if (filters.shape[1] != filters_per_group or packed_bias.shape[1] < fblocks * FC_MR
-            or inplace_blocks * FC_MR > filters_per_group
-            or filters.shape[0] * in_per_group != x.shape[1]
-            or out.shape[0] != n_images * n_filters * pooled_pixels
-            or (inplace_blocks < fblocks and (packed.shape[1] != fblocks - inplace_blocks
-                                              or packed.shape[2] != depth
-                                              or packed.shape[3] != FC_MR))):
-        raise ValueError("conv2d_forward: filters, packed or bias do not match the plan")
     # A 1x1 convolution with stride 1 and no padding whose rows are contiguous in x (NCHW)
     # needs no slab: a band of a channel is a run of x, so whole tiles read x in place
     # (reduction row c at c * sc), and only the last, partial tile of a band goes through the
@@ -507,90 +564,48 @@ cdef int _gemm_forward(
                         and channels_per_chunk * sc * sizeof(floating) <= DIRECT_SPAN_BYTES)
     cdef Py_ssize_t *x_offsets = NULL
     cdef Py_ssize_t slab_channel = row_src.shape[1] * pitch  # slab elements per channel
-    cdef Py_ssize_t tiles_end, k
-    cdef const floating *b
-    cdef const Py_ssize_t *b_rows
+    cdef Py_ssize_t k
     if direct:
         x_offsets = <Py_ssize_t *>malloc(channels_per_chunk * sizeof(Py_ssize_t))
         if x_offsets == NULL:
             raise MemoryError()
         for k in range(channels_per_chunk):
             x_offsets[k] = k * sc
+    cdef _GemmJob job
+    job.x, job.filters, job.packed, job.packed_bias = x_data, filters, packed, packed_bias
+    job.out = out_data
+    job.sn, job.sc, job.sh, job.sw = sn, sc, sh, sw
+    job.bands, job.slab_rows = bands, row_src.shape[1]
+    job.col_src = <const Py_ssize_t *>col_src.data
+    job.col_inner = <const Py_ssize_t *>col_inner.data
+    job.offsets, job.x_offsets = offsets, x_offsets
+    job.stride_w, job.phases, job.pitch, job.slab_channel = stride_w, phases, pitch, slab_channel
+    job.in_per_group, job.channels_per_chunk = in_per_group, channels_per_chunk
+    job.row_blocks, job.rows_per_task, job.out_h, job.out_w = (row_blocks, rows_per_task,
+                                                                out_h, out_w)
+    job.groups, job.filters_per_group, job.n_filters = groups, filters_per_group, n_filters
+    job.fchunks, job.fblocks, job.fblocks_per_task = fchunks, fblocks, fblocks_per_task
+    job.inplace_blocks, job.packed_blocks = inplace_blocks, packed_blocks
+    job.depth, job.taps, job.nr, job.stage_pitch = depth, taps, nr, stage_pitch
+    job.pooled_pixels, job.pool = pooled_pixels, pool
+    job.direct, job.one_filter, job.relu, job.channels_last = (direct, one_filter, relu,
+                                                               channels_last)
     # The slab's slack beyond the filled rows is read only by junk columns, which are dropped.
-    with nogil, parallel(num_threads=num_threads, use_threads_if=work > 200000):
-        slab = scratch_data + threadid() * scratch_per_thread
-        stage = slab + slab_size
-        for task in prange(n_tasks, schedule="dynamic"):
-            rb = task % row_blocks
-            fc = (task // row_blocks) % fchunks
-            g = (task // (row_blocks * fchunks)) % groups
-            n = task // (row_blocks * fchunks * groups)
-            oh0 = rb * rows_per_task
-            rows = min(rows_per_task, out_h - oh0)
-            q_len = rows * pitch
-            fb0 = fc * fblocks_per_task
-            fb1 = min(fb0 + fblocks_per_task, fblocks)
-            c0 = 0
-            while c0 < in_per_group:
-                cc = min(channels_per_chunk, in_per_group - c0)
-                last = c0 + cc == in_per_group
-                tiles_end = 0
-                if direct:
-                    tiles_end = q_len - q_len % nr
-                    for k in range(cc):  # the partial tile's columns, into the slab
-                        _copy(slab + k * slab_channel + tiles_end,
-                              x_data + n * sn + (g * in_per_group + c0 + k) * sc + oh0 * sh
-                              + tiles_end, q_len - tiles_end)
-                else:
-                    _fill_slab(x_data + n * sn + (g * in_per_group + c0) * sc, sc, sh, sw, cc,
-                               bands + rb * row_src.shape[1], row_src.shape[1],
-                               <const Py_ssize_t *>col_src.data,
-                               <const Py_ssize_t *>col_inner.data, stride_w, phases, pitch,
-                               slab)
-                j0 = 0
-                while j0 < q_len:
-                    if j0 < tiles_end:
-                        b = x_data + n * sn + (g * in_per_group + c0) * sc + oh0 * sh + j0
-                        b_rows = x_offsets
-                    else:
-                        b = slab + j0
-                        b_rows = offsets
-                    if one_filter:
-                        _microkernel_row(cc * taps, filters_data + g * depth + c0 * taps,
-                                         b, b_rows, stage + j0,
-                                         bias_data + g * packed_bias.shape[1] if c0 == 0
-                                         else NULL,
-                                         relu and last)
-                        j0 = j0 + nr
-                        continue
-                    for fb in range(fb0, fb1):
-                        bias_ptr = (bias_data + g * packed_bias.shape[1] + fb * FC_MR
-                                    if c0 == 0 else NULL)
-                        if fb < inplace_blocks:
-                            _microkernel_rows(cc * taps,
-                                              filters_data + (g * filters_per_group
-                                                              + fb * FC_MR) * depth + c0 * taps,
-                                              depth, b, b_rows,
-                                              stage + (fb - fb0) * FC_MR * stage_pitch + j0,
-                                              stage_pitch, bias_ptr, relu and last)
-                        else:
-                            _microkernel(cc * taps,
-                                         packed_data
-                                         + ((g * packed.shape[1] + fb - inplace_blocks) * depth
-                                            + c0 * taps) * FC_MR,
-                                         b, b_rows,
-                                         stage + (fb - fb0) * FC_MR * stage_pitch + j0,
-                                         stage_pitch, bias_ptr, relu and last)
-                    j0 = j0 + nr
-                c0 = c0 + cc
-            # Copy the staged tile out, dropping the junk columns past out_w.
-            f_local = fb0 * FC_MR
-            _copy_out(stage, stage_pitch, pitch, min(fb1 * FC_MR, filters_per_group) - f_local,
-                      rows, oh0, out_data + n * n_filters * pooled_pixels,
-                      g * filters_per_group + f_local, n_filters, out_h, out_w,
-                      channels_last, pool)
+    # Small or one-thread calls run the tasks in order outside OpenMP: even a one-thread
+    # parallel region costs ~0.5 us in libgomp.
+    if num_threads > 1 and work > PARALLEL_WORK:
+        with nogil, parallel(num_threads=num_threads):
+            slab = scratch_data + threadid() * scratch_per_thread
+            stage = slab + slab_size
+            for task in prange(n_tasks, schedule="dynamic"):
+                _gemm_task(&job, task, slab, stage)
+    else:
+        with nogil:
+            for task in range(n_tasks):
+                _gemm_task(&job, task, scratch_data, scratch_data + slab_size)
     free(x_offsets)
     return 0
 
 
 include "_conv_depthwise.pxi"
+include "_conv_call.pxi"

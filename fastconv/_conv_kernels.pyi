@@ -1,4 +1,7 @@
 # Stub of the kernels in _conv.pxi, which _conv_<isa>.pyx build once per ISA level.
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -14,57 +17,92 @@ LANES_FLOAT64: int
 def array_key(*arrays: npt.NDArray[np.generic] | None) -> bytes: ...
 def peak_probe(dtype: str, iterations: int) -> tuple[int, float]: ...
 
-def conv2d_forward(
-    x: npt.NDArray[np.floating],
+def packed_sizes(groups: int, per_group: int, depth: int, inplace_blocks: int) -> tuple[int, int]: ...
+def pack_filters(
     filters: npt.NDArray[np.floating],
-    packed: npt.NDArray[np.floating],
-    inplace_blocks: int,
-    packed_bias: npt.NDArray[np.floating],
-    row_src: npt.NDArray[np.intp],
-    col_src: npt.NDArray[np.intp],
-    col_inner: npt.NDArray[np.intp],
-    b_offset: npt.NDArray[np.intp],
-    out: npt.NDArray[np.floating],
-    stride_w: int,
-    kh_count: int,
-    kw_count: int,
-    out_h: int,
-    out_w: int,
-    filters_per_group: int,
-    rows_per_task: int,
-    channels_per_chunk: int,
-    fblocks_per_task: int,
-    slab_size: int,
-    stage_pitch: int,
-    scratch: npt.NDArray[np.floating],
-    channels_last: bool,
-    relu: bool,
-    pool: int,
-    num_threads: int,
-    pointwise: bool = ...,
-) -> None: ...
-def depthwise_conv2d_forward(
-    x: npt.NDArray[np.floating],
-    weight: npt.NDArray[np.floating],
     bias: npt.NDArray[np.floating] | None,
-    row_src: npt.NDArray[np.intp],
-    col_src: npt.NDArray[np.intp],
-    col_inner: npt.NDArray[np.intp],
-    tap_offset: npt.NDArray[np.intp],
-    out: npt.NDArray[np.floating],
-    multiplier: int,
-    taps: int,
-    stride_h: int,
-    stride_w: int,
-    out_h: int,
-    out_w: int,
-    rows_per_task: int,
-    groups_per_task: int,
-    stage_row: int,
-    slab_size: int,
-    scratch: npt.NDArray[np.floating],
-    channels_last: bool,
-    relu: bool,
+    groups: int,
+    inplace_blocks: int,
+) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]: ...
+
+class _KernelCall:
+    @property
+    def plan(self) -> Any: ...
+    def __call__(
+        self,
+        x: npt.NDArray[np.floating],
+        weight: npt.NDArray[np.floating],
+        bias: npt.NDArray[np.floating] | None = ...,
+        out: npt.NDArray[np.floating] | None = ...,
+        num_threads: int = ...,
+        packed: npt.NDArray[np.floating] | None = ...,
+        packed_bias: npt.NDArray[np.floating] | None = ...,
+    ) -> npt.NDArray[np.floating]: ...
+
+class GemmCall(_KernelCall):
+    def __init__(
+        self,
+        plan: Any,
+        dtype: npt.DTypeLike,
+        x_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        *,
+        channels_last: bool,
+        groups: int,
+        per_group: int,
+        kernel: tuple[int, int],
+        stride_w: int,
+        out_hw: tuple[int, int],
+        relu: bool,
+        pool: int,
+        pointwise: bool,
+        workspace: Any,
+    ) -> None: ...
+
+class DepthwiseCall(_KernelCall):
+    def __init__(
+        self,
+        plan: Any,
+        dtype: npt.DTypeLike,
+        x_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        *,
+        channels_last: bool,
+        multiplier: int,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        out_hw: tuple[int, int],
+        relu: bool,
+        pool: int,
+        workspace: Any,
+    ) -> None: ...
+
+def call_key(
+    x: object,
+    weight: object,
+    bias: object,
+    stride: object,
+    padding: object,
+    dilation: object,
+    groups: object,
+    padding_mode: object,
+    layout: object,
+    activation: object,
     pool: int,
-    num_threads: int,
-) -> None: ...
+) -> tuple[Any, ...] | None: ...
+def run_cached(
+    calls: dict[Any, Any],
+    x: object,
+    weight: object,
+    bias: object,
+    stride: object,
+    padding: object,
+    dilation: object,
+    groups: object,
+    padding_mode: object,
+    layout: object,
+    activation: object,
+    pool: int,
+    num_threads: int | None,
+    resolve_num_threads: Callable[[int | None], int],
+) -> npt.NDArray[np.floating] | None: ...

@@ -7,7 +7,6 @@ parameter and the offending values, and hands kernels plain, trusted values.
 from __future__ import annotations
 
 import operator
-import os
 from numbers import Integral
 
 import numpy as np
@@ -31,11 +30,6 @@ __all__ = [
 ]
 
 LAYOUTS = ("NCHW", "NHWC")
-
-try:
-    _CPU_COUNT = max(1, len(os.sched_getaffinity(0)))
-except AttributeError:  # not on Linux
-    _CPU_COUNT = max(1, os.cpu_count() or 1)
 
 # Sizes past this are certainly a mistake (and would overflow index arithmetic elsewhere).
 MAX_OUTPUT_ELEMENTS = 2**48
@@ -162,50 +156,6 @@ def check_output_size(shape, what):
                          f"({total} elements); check padding, stride and kernel_size")
 
 
-# Fork safety. libgomp's thread pool does not survive fork(): a child whose forking thread had
-# led a parallel region of more than one thread waits forever for the parent's pool threads,
-# which do not exist in the child. A one-thread team (num_threads=1, or use_threads_if false)
-# never touches the pool. So once this process may have started a team of more than one thread
-# (resolve_num_threads returned > 1), a child forked from it runs every call on one thread, and
-# so do its own children. A child forked before that (e.g. multiprocessing workers forked from
-# a forkserver that only imported fastconv) keeps its threads. A pthread_atfork handler counts
-# forks (fork_count), which covers os.fork, multiprocessing and forks made from C alike.
-_forks_seen = _openmp_helpers.fork_count()  # forks the two flags below have taken into account
-_threads_used = False  # this process may have run a team of more than one thread
-_forked_child = False  # forked from a process that had: run serially
-
-
-def in_forked_child():
-    """True in a process forked (at any depth) from one that had run fastconv's kernels on more
-    than one thread: every call then runs on one thread."""
-    global _forks_seen, _forked_child
-    forks = _openmp_helpers.fork_count()
-    if forks != _forks_seen:
-        _forks_seen = forks
-        _forked_child = _forked_child or _threads_used
-    return _forked_child
-
-
-def resolve_num_threads(num_threads):
-    """None -> the OpenMP default of the calling thread; an int >= 1 caps the call.
-
-    Always 1 in a forked child (see ``in_forked_child``); arguments are still checked.
-    """
-    global _threads_used
-    if num_threads is None:
-        if in_forked_child():
-            return 1
-        threads = min(_openmp_helpers.get_max_threads(), _CPU_COUNT)  # both >= 1
-        if threads > 1:
-            _threads_used = True
-        return threads
-    if isinstance(num_threads, (bool, np.bool_)) or not isinstance(num_threads, (Integral, np.integer)):
-        raise TypeError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads}")
-    if in_forked_child():
-        return 1
-    # More threads than CPUs only adds contention (and each thread gets scratch memory).
-    threads = min(int(num_threads), _CPU_COUNT)
-    _threads_used = _threads_used or threads > 1
-    return threads
+# Thread counts and fork safety live in C: they run on every call.
+resolve_num_threads = _openmp_helpers.resolve_num_threads
+in_forked_child = _openmp_helpers.in_forked_child

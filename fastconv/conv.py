@@ -72,33 +72,22 @@ def _prepack_weights(weight, bias=None, groups=1):
     return _PackedWeights(weight, bias, groups)
 
 
-# Filters with at most this many weights each are packed whole: packing them costs little
-# and the packed panel serves short reductions better than MR separate rows.
-# (measured: the 1 -> 32 channel 3x3 layer at batch 64 runs 7% faster packed)
-PACK_ALL_DEPTH = 32
-
-
 def _pack(weight, bias, groups, dtype):
     """The GEMM kernel's weights in ``dtype``: ``(filters (G, Fg, R), packed (G, FBp, R, MR),
     inplace_blocks, bias (G, FB*MR))``. The first ``inplace_blocks`` blocks of MR filters are
     read in place from ``filters`` (a view of ``weight`` when it is contiguous in ``dtype``);
     the others (each group's last partial block, or all when the filters are short) are
-    packed as the micro-kernel reads them: weight (r, i) of block b at ``packed[g, b, r, i]``,
-    zero past the group's filters. ``bias`` is zero-padded to whole blocks."""
-    mr = _kernels.MR
+    packed as the micro-kernel reads them (``_kernels.pack_filters``). A call packs them
+    itself; layers keep them (``_PackedWeights``)."""
     n_filters, in_per_group, kh, kw = weight.shape
     per_group = n_filters // groups
     depth = in_per_group * kh * kw
-    fblocks = -(-per_group // mr)
     filters = v.as_contiguous_kernel_input(weight, dtype).reshape(groups, per_group, depth)
-    inplace_blocks = per_group // mr if depth > PACK_ALL_DEPTH else 0
-    first = inplace_blocks * mr
-    packed = np.zeros((groups, fblocks - inplace_blocks, mr, depth), dtype)
-    packed.reshape(groups, -1, depth)[:, :per_group - first] = filters[:, first:]
-    packed = np.ascontiguousarray(packed.transpose(0, 1, 3, 2))
-    packed_bias = np.zeros((groups, fblocks * mr), dtype)
     if bias is not None:
-        packed_bias[:, :per_group] = bias.reshape(groups, per_group)
+        bias = v.as_contiguous_kernel_input(bias, dtype)
+    inplace_blocks = _conv_plan.inplace_blocks(per_group, depth, _kernels.MR)
+    packed, packed_bias = _kernels.pack_filters(filters.reshape(n_filters, depth), bias, groups,
+                                                inplace_blocks)
     return filters, packed, inplace_blocks, packed_bias
 
 
@@ -251,46 +240,50 @@ class _ConvCall(NamedTuple):
     relu: bool
     pool: int
     path: str               # "empty", "bias" (no input channels), "depthwise" or "gemm"
-    plan: object            # the kernel's layout: _conv_plan.ConvPlan or DepthwisePlan
+    runner: object          # the planned kernel call (_kernels.GemmCall or DepthwiseCall)
+    direct: bool            # x, weight and bias go to the kernel as they are (no conversion)
 
 
-# Validated calls by key; a call whose key is found skips validation and planning.
+# Validated calls by key (_call_key); a call whose key is found skips validation and
+# planning. Those whose arrays need no conversion also have their runner in _RUNNERS, where
+# _kernels.run_cached finds it: then the whole call runs in C.
 _CALLS: dict[tuple, _ConvCall] = {}
+_RUNNERS: dict[tuple, object] = {}
 _MAX_CALLS = 512
 
 
-def _simple(value):
-    """An int, a string, None or a tuple of ints: a parameter whose equality means equal
-    validation (True == 1 and 2.0 == 2 would not, so they take the validating path)."""
-    kind = type(value)
-    return (kind is int or kind is str or value is None
-            or (kind is tuple and all(type(item) is int for item in value)))
+def _forget_calls():
+    """Empty the caches of validated calls."""
+    _CALLS.clear()
+    _RUNNERS.clear()
 
 
 def _call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
               activation, out, pool):
     """Hashable summary of a call that decides its validation and plan, or None for calls
     that must be validated in full (``out=``, array-likes, unusual parameter types)."""
-    if out is not None or type(x) is not np.ndarray or type(groups) is not int:
+    if out is not None:
         return None
-    # Plain ints and strings (the usual arguments) first: this runs on every call.
-    if not ((type(stride) is int or _simple(stride)) and (type(padding) is int or _simple(padding))
-            and (type(dilation) is int or _simple(dilation)) and type(padding_mode) is str
-            and type(layout) is str and (activation is None or type(activation) is str)):
-        return None
-    if type(weight) is np.ndarray and (bias is None or type(bias) is np.ndarray):
-        arrays = _kernels.array_key(x, weight, bias)
-    elif type(weight) is _PackedWeights and bias is None:
-        arrays = (_kernels.array_key(x, weight.weight, weight.bias), weight.groups)
-    else:
-        return None
-    return (arrays, stride, padding, dilation, groups, padding_mode, layout, activation, pool)
+    if type(weight) is _PackedWeights:
+        if bias is not None:
+            return None
+        key = _kernels.call_key(x, weight.weight, weight.bias, stride, padding, dilation, groups,
+                                padding_mode, layout, activation, pool)
+        return None if key is None else ("prepacked", weight.groups, key)
+    return _kernels.call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode,
+                             layout, activation, pool)
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
             activation, out, num_threads, pool):
     """conv2d, optionally followed by pool x pool / pool max pooling applied inside the kernel
     (``pool > 1``: the full-resolution map is never written). Used by ``layers.Sequential``."""
+    if out is None:  # a repeated call with plain arrays runs in C (see _RUNNERS)
+        result = _kernels.run_cached(_RUNNERS, x, weight, bias, stride, padding, dilation,
+                                     groups, padding_mode, layout, activation, pool,
+                                     num_threads, v.resolve_num_threads)
+        if result is not None:
+            return result
     key = _call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
                     activation, out, pool)
     call = _CALLS.get(key) if key is not None else None
@@ -299,8 +292,10 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
                                           padding_mode, layout, activation, pool)
         if key is not None:
             if len(_CALLS) >= _MAX_CALLS:
-                _CALLS.clear()
+                _forget_calls()
             _CALLS[key] = call
+            if call.direct and type(weight) is np.ndarray:
+                _RUNNERS[key] = call.runner
     if isinstance(weight, _PackedWeights):
         packed_weights = weight
         weight, bias = weight.weight, weight.bias
@@ -327,15 +322,18 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
         if call.relu:
             np.maximum(out3, 0, out=out3, where=~np.isnan(out3))
         return out
-    x4 = x[None] if call.unbatched else x
-    x_kernel = v.as_kernel_input(x4.transpose(0, 3, 1, 2) if call.channels_last else x4,
-                                 call.dtype)
-    if call.copy_x:  # a fresh array: aligned, whole-element strides
+    # The kernels take x in its own layout and strides (whole elements, aligned).
+    x_kernel = v.as_kernel_input(x, call.dtype)
+    if call.copy_x:
         x_kernel = x_kernel.copy()
-    if call.path == "depthwise":
-        _depthwise(call, x_kernel, weight, bias, out, threads)
+    if packed_weights is not None and call.path == "gemm":
+        filters, packed, _, packed_bias = packed_weights.packed(call.dtype)
+        call.runner(x_kernel, filters, None, out, threads, packed, packed_bias)
     else:
-        _gemm(call, x_kernel, weight, bias, packed_weights, out, threads)
+        weight = v.as_contiguous_kernel_input(weight, call.dtype)
+        if bias is not None:
+            bias = v.as_contiguous_kernel_input(bias, call.dtype)
+        call.runner(x_kernel, weight, bias, out, threads)
     return out
 
 
@@ -411,16 +409,22 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
     geometry = dict(height=height, width=width, out_h=out_h, out_w=out_w, kernel=(kh, kw),
                     stride=(sh, sw), dilation=(dh, dw), pads=pads, padding_mode=padding_mode,
                     itemsize=dtype.itemsize, row_multiple=pool)
+    runner = None
+    channels_last = layout == "NHWC"
     if 0 in shape:
-        path, layout_plan = "empty", None
+        path = "empty"
     elif in_per_group * kh * kw == 0:
-        path, layout_plan = "bias", None
+        path = "bias"
     elif in_per_group == 1 and per_group <= _DEPTHWISE_MAX_MULTIPLIER:
         path = "depthwise"
         lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
         layout_plan = _conv_plan.depthwise_plan(
             n_images=n_images, groups=channels, multiplier=per_group, lanes=lanes,
-            channels_last=layout == "NHWC", **geometry)
+            channels_last=channels_last, **geometry)
+        runner = _kernels.DepthwiseCall(
+            layout_plan, dtype, x.shape, shape, channels_last=channels_last,
+            multiplier=per_group, kernel=(kh, kw), stride=(sh, sw), out_hw=(out_h, out_w),
+            relu=activation == "relu", pool=pool, workspace=_workspace)
     else:
         path = "gemm"
         if per_group == 1:  # the kernel's one-filter tile
@@ -428,62 +432,21 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
         else:
             nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
         layout_plan = _conv_plan.plan(
-            n_images=n_images, groups=groups, in_per_group=in_per_group,
-            fblocks=-(-per_group // _kernels.MR), mr=_kernels.MR, nr=nr, **geometry)
-    call = _ConvCall(dtype, shape, kernel_shape, unbatched, layout == "NHWC", copy_x, groups,
+            n_images=n_images, groups=groups, in_per_group=in_per_group, per_group=per_group,
+            mr=_kernels.MR, nr=nr, **geometry)
+        runner = _kernels.GemmCall(
+            layout_plan, dtype, x.shape, shape, channels_last=channels_last, groups=groups,
+            per_group=per_group, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),
+            relu=activation == "relu", pool=pool,
+            # 1x1, stride 1, no padding: whole tiles may read x's rows in place
+            pointwise=kh == kw == 1 and (sh, sw) == (1, 1) and not any(pads),
+            workspace=_workspace)
+    direct = all(a.dtype == dtype and a.dtype.isnative and (a is x or a.flags.c_contiguous)
+                 and a.flags.aligned for a, _ in arrays) and not copy_x
+    call = _ConvCall(dtype, shape, kernel_shape, unbatched, channels_last, copy_x, groups,
                      (kh, kw), (sh, sw), pads, (out_h, out_w), activation == "relu", pool, path,
-                     layout_plan)
+                     runner, direct and runner is not None)
     return call, x, weight, bias
-
-
-def _gemm(call, x, weight, bias, packed_weights, out, threads):
-    """The implicit-GEMM kernel (see ``_conv.pxi``); ``x`` is (N, C, H, W) in the dtype,
-    ``out`` the C-contiguous result."""
-    n_filters, _, kh, kw = weight.shape
-    groups, dtype = call.groups, call.dtype
-    per_group = n_filters // groups
-    out_h, out_w = call.out_hw
-    layout_plan = call.plan
-    if packed_weights is None:
-        filters, packed, inplace_blocks, packed_bias = _pack(weight, bias, groups, dtype)
-    else:
-        filters, packed, inplace_blocks, packed_bias = packed_weights.packed(dtype)
-    lease, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
-    try:
-        _kernels.conv2d_forward(
-            x, filters, packed, inplace_blocks, packed_bias, layout_plan.row_src,
-            layout_plan.col_src, layout_plan.col_inner, layout_plan.b_offset, out,
-            call.stride[1], kh, kw, out_h, out_w, per_group,
-            layout_plan.rows_per_task, layout_plan.channels_per_chunk,
-            layout_plan.fblocks_per_task, layout_plan.slab_size, layout_plan.stage_pitch,
-            scratch, call.channels_last, call.relu, call.pool, threads,
-            kh == kw == 1 and call.stride == (1, 1) and not any(call.pads),
-        )
-    finally:
-        _workspace.release(lease)
-
-
-def _depthwise(call, x, weight, bias, out, threads):
-    """The depthwise kernel: one input channel per group (see ``_conv_depthwise.pxi``);
-    ``out`` is the C-contiguous result."""
-    channels = x.shape[1]
-    n_filters, _, kh, kw = weight.shape
-    dtype = call.dtype
-    out_h, out_w = call.out_hw
-    layout_plan = call.plan
-    weight = v.as_contiguous_kernel_input(weight, dtype)  # (C * M, 1, KH, KW): as read
-    if bias is not None:
-        bias = v.as_contiguous_kernel_input(bias, dtype)
-    lease, (scratch,) = _workspace.acquire(dtype, threads * layout_plan.scratch_per_thread)
-    try:
-        _kernels.depthwise_conv2d_forward(
-            x, weight, bias, layout_plan.row_src, layout_plan.col_src, layout_plan.col_inner,
-            layout_plan.tap_offset, out, n_filters // channels, kh * kw, call.stride[0],
-            call.stride[1], out_h, out_w,
-            layout_plan.rows_per_task, layout_plan.groups_per_task, layout_plan.stage_row,
-            layout_plan.slab_size, scratch, call.channels_last, call.relu, call.pool, threads)
-    finally:
-        _workspace.release(lease)
 
 
 def _check_image_and_kernel(image, kernel):

@@ -253,13 +253,12 @@ def test_depthwise_rows_written_in_place_stay_in_their_band(rng, width):
     (1, 1, True), (2, 1, True), (3, 1, False), (1, 2, False)])
 def test_depthwise_kernel_serves_one_input_channel_per_group(monkeypatch, rng, per_group,
                                                              in_per_group, expected):
-    calls = []
-    original = fastconv.conv._depthwise
-    monkeypatch.setattr(fastconv.conv, "_depthwise",
-                        lambda *args: calls.append(args) or original(*args))
     x, w, b = make_inputs(rng, c=4 * in_per_group, f=4 * per_group, groups=4, integer=True)
+    call, *_ = fastconv.conv._validate(x, w, b, 1, 1, 1, 4, "zeros", "NCHW", None, 1)
+    assert (call.path == "depthwise") == expected
+    assert isinstance(call.runner, fastconv.conv._kernels.DepthwiseCall if expected
+                      else fastconv.conv._kernels.GemmCall)
     y = fastconv.conv2d(x, w, b, groups=4, padding=1)
-    assert bool(calls) == expected
     assert_array_equal(y, conv2d_reference(x, w, b, groups=4, padding=1).astype(np.float32))
 
 
@@ -1136,7 +1135,8 @@ def test_kernel_weight_layout(rng, dtype, shape, groups):
     """Whole blocks of MR filters are read in place, unless the filters are short; the other
     blocks are packed (G, FBp, R, MR): filter b * MR + i of the packed ones at [g, b, :, i],
     zero past the group's filters."""
-    from fastconv.conv import PACK_ALL_DEPTH, _kernels, _pack
+    from fastconv._conv_plan import PACK_ALL_DEPTH
+    from fastconv.conv import _kernels, _pack
 
     weight = rng.standard_normal(shape).astype(dtype)
     bias = rng.standard_normal(shape[0]).astype(dtype)
@@ -1162,10 +1162,10 @@ def test_repeated_calls_reuse_validation_but_not_data(rng):
     comes from this call's arrays."""
     from fastconv import conv
 
-    conv._CALLS.clear()
+    conv._forget_calls()
     x, w, b = make_inputs(rng, integer=True)
     first = fastconv.conv2d(x, w, b, padding=1)
-    assert len(conv._CALLS) == 1
+    assert len(conv._CALLS) == len(conv._RUNNERS) == 1  # plain arrays: the next runs in C
     x2, w2, b2 = make_inputs(rng, integer=True)
     again = fastconv.conv2d(x2, w2, b2, padding=1)
     assert len(conv._CALLS) == 1
@@ -1175,6 +1175,70 @@ def test_repeated_calls_reuse_validation_but_not_data(rng):
     twin = np.repeat(x2, 2, axis=3)[..., ::2]
     assert_array_equal(fastconv.conv2d(twin, w2, b2, padding=1), again)
     assert len(conv._CALLS) == 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("groups, f", [(1, 10), (4, 4), (4, 8)], ids=["gemm", "dw", "dw2"])
+def test_repeated_calls_run_in_c_with_exact_results(rng, layout, unbatched, groups, f):
+    """The second of two like calls runs through _kernels.run_cached (C only): NHWC and
+    unbatched inputs, GEMM and depthwise kernels, float32 and float64, give the exact result."""
+    from fastconv import conv
+
+    for dtype in (np.float32, np.float64):
+        x, w, b = make_inputs(rng, c=4, f=f, groups=groups, layout=layout, unbatched=unbatched,
+                              dtype=dtype, integer=True)
+        kwargs = dict(padding=1, groups=groups, layout=layout, activation="relu")
+        fastconv.conv2d(x, w, b, **kwargs)
+        key = conv._call_key(x, w, b, 1, 1, 1, groups, "zeros", layout, "relu", None, 1)
+        assert key in conv._RUNNERS
+        x2, w2, b2 = make_inputs(rng, c=4, f=f, groups=groups, layout=layout,
+                                 unbatched=unbatched, dtype=dtype, integer=True)
+        result = conv._kernels.run_cached(conv._RUNNERS, x2, w2, b2, 1, 1, 1, groups, "zeros",
+                                          layout, "relu", 1, None, lambda n: 2)
+        x4 = x2[None] if unbatched else x2
+        x_nchw = x4.transpose(0, 3, 1, 2) if layout == "NHWC" else x4
+        expected = np.maximum(conv2d_reference(x_nchw, w2, b2, padding=1, groups=groups), 0)
+        expected = expected.transpose(0, 2, 3, 1) if layout == "NHWC" else expected
+        expected = expected[0] if unbatched else expected
+        assert result.dtype == dtype and result.flags.c_contiguous
+        assert_array_equal(result, expected.astype(dtype))
+
+
+def test_planned_call_checks_its_arrays(rng):
+    """A planned kernel call (GemmCall, DepthwiseCall) refuses arrays that do not fit its plan
+    with a ValueError naming the argument, and a plan whose tables reach outside x."""
+    from fastconv import conv
+
+    x, w, b = make_inputs(rng, n=2, c=4, h=9, w=9, f=8)
+    call, *_ = conv._validate(x, w, b, 1, 1, 1, 1, "zeros", "NCHW", None, 1)
+    runner = call.runner
+    assert_array_equal(runner(x, w, b), fastconv.conv2d(x, w, b, padding=1))
+    bad = {"x": [(x[:, :, :8], w, b), (x.astype(np.float64), w, b), (x[0], w, b)],
+           "weight": [(x, w[:4], b), (x, w.astype(np.float64), b), (x, w[..., ::-1], b)],
+           "bias": [(x, w, b[:3])]}
+    for name, cases in bad.items():
+        for args in cases:
+            with pytest.raises(ValueError, match=name):
+                runner(*args)
+    out = np.empty((2, 8, 9, 9), np.float32)
+    for wrong in (out[:1], out.astype(np.float64), out[..., ::-1]):
+        with pytest.raises(ValueError, match="out"):
+            runner(x, w, b, wrong)
+    with pytest.raises(ValueError, match="num_threads"):
+        runner(x, w, b, out, 0)
+    assert not np.isnan(runner(x, w, b, out, 2)).any()
+    plan = runner.plan
+    kwargs = dict(channels_last=False, groups=1, per_group=8, kernel=(3, 3), stride_w=1,
+                  out_hw=(9, 9), relu=False, pool=1, pointwise=False,
+                  workspace=conv._workspace)
+    conv._kernels.GemmCall(plan, np.float32, x.shape, out.shape, **kwargs)  # fits
+    for table in ("row_src", "col_src"):
+        with pytest.raises(ValueError, match=table):
+            conv._kernels.GemmCall(plan._replace(**{table: getattr(plan, table) + 9}),
+                                   np.float32, x.shape, out.shape, **kwargs)
+    with pytest.raises(ValueError, match="plan"):
+        conv._kernels.GemmCall(plan, np.float32, x.shape, (2, 8, 9, 8), **kwargs)
 
 
 def test_cached_calls_tell_apart_byte_order_alignment_and_dtype(rng):
@@ -1197,6 +1261,9 @@ def test_cached_calls_tell_apart_byte_order_alignment_and_dtype(rng):
     keys = {conv._call_key(a, w, b, 1, 1, 1, 1, "zeros", "NCHW", None, None, 1)
             for a in (x, swapped, misaligned, x.astype(np.float64))}
     assert len(keys) == 4
+    # Only calls whose arrays go to the kernel unconverted run on the C path.
+    for a in (swapped, misaligned, x.astype(np.float64)):
+        assert conv._call_key(a, w, b, 1, 1, 1, 1, "zeros", "NCHW", None, None, 1) not in conv._RUNNERS
 
 
 @pytest.mark.parametrize("n, c, h, w, f, groups", [

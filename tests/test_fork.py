@@ -193,7 +193,7 @@ def test_child_keeps_its_threads_if_the_parent_never_ran_a_team():
             try:
                 threads = _validation.resolve_num_threads(None)
                 ok = (not _validation.in_forked_child()
-                      and threads == min(_validation._CPU_COUNT,
+                      and threads == min(_validation._openmp_helpers.usable_cpu_count(),
                                          _validation._openmp_helpers.get_max_threads())
                       and same(run_all(num_threads=2), expected))
                 # ... and its own children, forked after it used threads, run serially
@@ -244,8 +244,7 @@ def test_the_hang_is_real_without_the_guard():
     out = run_scenario("""
         pid = os.fork()
         if pid == 0:
-            _validation._forks_seen = _validation._openmp_helpers.fork_count()
-            _validation._forked_child = False        # switch the guard off
+            _validation._openmp_helpers._switch_fork_guard_off()
             fastconv.conv2d(x, w, padding=1, num_threads=2)
             os._exit(0)
         print("child", wait(pid, 5))
@@ -256,4 +255,4 @@ def test_the_hang_is_real_without_the_guard():
 def _validation_cpu_count():
     from fastconv import _validation
 
-    return _validation._CPU_COUNT
+    return _validation._openmp_helpers.usable_cpu_count()

@@ -1,0 +1,471 @@
+# Planned conv2d calls: the kernels' entry points, included by _conv.pxi.
+#
+# conv.py validates a call and plans it once per shape of arguments (_conv_plan); the plan and
+# the call's scalars go into a GemmCall or DepthwiseCall, kept with the validated call. Calling
+# that object with the arrays checks them against the plan (a guard for any caller: conv.py
+# has already checked them), allocates the result, lends scratch memory and runs the kernel,
+# all in C: a small convolution then costs about a microsecond above its arithmetic.
+# run_cached looks a call up by the key of its arguments (call_key) and runs it, which is
+# conv2d's whole path for a repeated call.
+
+cimport cython
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from libc.stdint cimport uintptr_t
+
+import numpy as np
+
+# Scratch up to this size comes from malloc (cheap, and small blocks stay in glibc's heap);
+# larger from fastconv._workspace, whose buffers are reused across calls.
+cdef enum:
+    SMALL_SCRATCH_BYTES = 64 * 1024
+    SCRATCH_ALIGN = 64
+
+_ndarray = np.ndarray  # compared by identity: exact arrays only on the fast path
+
+
+cdef void _pack_filters(
+    const floating *filters,      # IN  (G, Fg, R) C-contiguous
+    Py_ssize_t groups, Py_ssize_t per_group, Py_ssize_t depth, Py_ssize_t inplace_blocks,
+    const floating *bias,         # IN  (G * Fg,) or NULL (zero)
+    floating *packed,             # OUT (G, FB - inplace_blocks, R, MR)
+    floating *packed_bias,        # OUT (G, FB * MR)
+) noexcept nogil:
+    """The micro-kernel's panels for the filter blocks it does not read in place: filter
+    b * MR + i at [g, b - inplace_blocks, :, i], zero past the group's filters; the bias
+    zero-padded to whole blocks."""
+    cdef Py_ssize_t fblocks = (per_group + FC_MR - 1) // FC_MR
+    cdef Py_ssize_t g, b, i, r, f
+    cdef floating *dst
+    cdef const floating *src
+    for g in range(groups):
+        for b in range(inplace_blocks, fblocks):
+            dst = packed + (g * (fblocks - inplace_blocks) + b - inplace_blocks) * depth * FC_MR
+            for i in range(FC_MR):
+                f = b * FC_MR + i
+                if f < per_group:
+                    src = filters + (g * per_group + f) * depth
+                    for r in range(depth):
+                        dst[r * FC_MR + i] = src[r]
+                else:
+                    for r in range(depth):
+                        dst[r * FC_MR + i] = 0
+        for f in range(fblocks * FC_MR):
+            packed_bias[g * fblocks * FC_MR + f] = (
+                bias[g * per_group + f] if bias != NULL and f < per_group else 0)
+
+
+def packed_sizes(Py_ssize_t groups, Py_ssize_t per_group, Py_ssize_t depth,
+                 Py_ssize_t inplace_blocks):
+    """Elements of ``(packed, packed_bias)`` for these filters (see pack_filters)."""
+    cdef Py_ssize_t fblocks = (per_group + FC_MR - 1) // FC_MR
+    return groups * (fblocks - inplace_blocks) * depth * FC_MR, groups * fblocks * FC_MR
+
+
+def pack_filters(filters, bias, Py_ssize_t groups, Py_ssize_t inplace_blocks):
+    """``(packed, packed_bias)``: the GEMM kernel's panels of ``filters`` (G * Fg, R) (any
+    C-contiguous shape of that size, float32/float64) for the blocks of MR filters it does not
+    read in place, ``(G, FB - inplace_blocks, R, MR)``, and ``bias`` (None: zero) padded to
+    ``(G, FB * MR)``."""
+    cdef int t = _float_type(filters)
+    cdef _Arg fv, bv
+    _arg(filters, "filters", t, 2, False, True, &fv)
+    bv.data = NULL
+    if bias is not None:
+        _arg(bias, "bias", t, -1, False, True, &bv)
+    cdef Py_ssize_t per_group = fv.shape[0] // groups if groups > 0 else 0
+    cdef Py_ssize_t depth = fv.shape[1]
+    cdef Py_ssize_t fblocks = (per_group + FC_MR - 1) // FC_MR
+    if (groups < 1 or per_group * groups != fv.shape[0] or inplace_blocks < 0
+            or inplace_blocks * FC_MR > per_group
+            or (bias is not None and bv.shape[0] != fv.shape[0])):
+        raise ValueError(f"pack_filters: filters {filters.shape}, groups {groups}, "
+                         f"inplace_blocks {inplace_blocks} or bias do not fit")
+    dtype = filters.dtype
+    packed = np.empty((groups, fblocks - inplace_blocks, depth, FC_MR), dtype)
+    packed_bias = np.empty((groups, fblocks * FC_MR), dtype)
+    if t == cnp.NPY_FLOAT32:
+        _pack_filters(<const float *>fv.data, groups, per_group, depth, inplace_blocks,
+                      <const float *>bv.data, <float *>cnp.PyArray_DATA(packed),
+                      <float *>cnp.PyArray_DATA(packed_bias))
+    else:
+        _pack_filters(<const double *>fv.data, groups, per_group, depth, inplace_blocks,
+                      <const double *>bv.data, <double *>cnp.PyArray_DATA(packed),
+                      <double *>cnp.PyArray_DATA(packed_bias))
+    return packed, packed_bias
+
+
+cdef int _table(object table, str name, Py_ssize_t low, Py_ssize_t high, _Arg *view) except -1:
+    """A plan table (C-contiguous intp), every entry in [low, high)."""
+    _arg(table, name, cnp.NPY_INTP, table.ndim if cnp.PyArray_Check(table) else 1, False,
+         True, view)
+    cdef const Py_ssize_t *values = <const Py_ssize_t *>view.data
+    cdef Py_ssize_t k, size = cnp.PyArray_SIZE(<cnp.ndarray>table)
+    for k in range(size):
+        if not low <= values[k] < high:
+            raise ValueError(f"plan table {name} holds {values[k]}, outside [{low}, {high})")
+    return 0
+
+
+@cython.auto_pickle(False)  # pointers into the plan's tables
+cdef class _KernelCall:
+    """What the GEMM and depthwise calls share: the input's and the result's shapes, the
+    scratch memory and the argument checks."""
+    cdef readonly object plan
+    cdef int typenum
+    cdef Py_ssize_t itemsize
+    cdef int x_ndim
+    cdef bint channels_last
+    cdef Py_ssize_t x_shape[4]            # (N, C, H, W) of the kernel's view of x
+    cdef int out_ndim
+    cdef cnp.npy_intp out_dims[4]
+    cdef Py_ssize_t out_size
+    cdef Py_ssize_t scratch_per_thread    # elements
+    cdef object acquire, release          # fastconv._workspace, for large scratch
+
+    cdef int _setup(self, plan, dtype, tuple x_shape, tuple out_shape, bint channels_last,
+                    Py_ssize_t scratch_per_thread, workspace) except -1:
+        cdef int k
+        self.plan = plan
+        dtype = np.dtype(dtype)
+        if dtype != np.float32 and dtype != np.float64:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.typenum = dtype.num
+        self.itemsize = dtype.itemsize
+        if len(x_shape) not in (3, 4) or len(out_shape) not in (3, 4):
+            raise ValueError(f"x_shape {x_shape} and out_shape {out_shape} must be 3-D or 4-D")
+        self.x_ndim = len(x_shape)
+        self.channels_last = channels_last
+        dims = (1,) * (4 - self.x_ndim) + tuple(x_shape)
+        if channels_last:
+            dims = (dims[0], dims[3], dims[1], dims[2])
+        for k in range(4):
+            self.x_shape[k] = dims[k]
+        self.out_ndim = len(out_shape)
+        self.out_size = 1
+        for k in range(self.out_ndim):
+            self.out_dims[k] = out_shape[k]
+            self.out_size *= out_shape[k]
+        self.scratch_per_thread = scratch_per_thread
+        self.acquire = workspace.acquire
+        self.release = workspace.release
+        return 0
+
+    cdef int _x_view(self, object x, _Arg *view) except -1:
+        """x, in the layout and dimensions it was planned with, as the kernel's (N, C, H, W)."""
+        cdef _Arg raw
+        cdef int k, lead = 4 - self.x_ndim
+        cdef int order[4]
+        cdef Py_ssize_t dims[4]
+        cdef Py_ssize_t steps[4]
+        _arg(x, "x", self.typenum, self.x_ndim, False, False, &raw)
+        order[0], order[1], order[2], order[3] = (0, 3, 1, 2) if self.channels_last else (0, 1, 2, 3)
+        for k in range(4):
+            dims[k] = 1 if k < lead else raw.shape[k - lead]
+            steps[k] = 0 if k < lead else raw.strides[k - lead]
+        view.data = raw.data
+        for k in range(4):
+            view.shape[k] = dims[order[k]]
+            view.strides[k] = steps[order[k]]
+            if view.shape[k] != self.x_shape[k]:
+                raise ValueError(f"x: shape {x.shape} differs from the planned call's")
+        return 0
+
+    cdef object _result(self, object out, _Arg *view):
+        """out, checked, or a new result array."""
+        if out is None:
+            out = cnp.PyArray_EMPTY(self.out_ndim, self.out_dims, self.typenum, 0)
+        _arg(out, "out", self.typenum, -1, True, True, view)
+        if view.shape[0] != self.out_size:
+            raise ValueError(f"out: {view.shape[0]} elements, the call writes {self.out_size}")
+        return out
+
+    cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
+                  bint packed_here, object packed, object packed_bias, int threads) except -1:
+        raise NotImplementedError
+
+    cdef Py_ssize_t _shared_scratch(self, bint packed_here):
+        """Scratch elements used by all threads together (weights packed per call)."""
+        return 0
+
+    def __call__(self, x, weight, bias=None, out=None, int num_threads=1, packed=None,
+                 packed_bias=None):
+        """Run the kernel: ``out`` (or a new array) = conv2d of x with weight and bias, as
+        planned; ``num_threads`` >= 1 threads. ``packed``/``packed_bias``: the GEMM kernel's
+        weight panels made in advance (pack_filters), used instead of packing per call."""
+        cdef _Arg xv, ov
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        self._x_view(x, &xv)
+        out = self._result(out, &ov)
+        cdef bint packed_here = packed is None
+        cdef Py_ssize_t count = (num_threads * self.scratch_per_thread
+                                 + self._shared_scratch(packed_here))
+        cdef size_t nbytes = count * self.itemsize
+        cdef char *block = NULL
+        cdef char *scratch
+        lease = None
+        if nbytes <= SMALL_SCRATCH_BYTES:
+            block = <char *>malloc(nbytes + SCRATCH_ALIGN)
+            if block == NULL:
+                raise MemoryError()
+            scratch = block + (-<uintptr_t>block) % SCRATCH_ALIGN
+        else:
+            lease, views = self.acquire(cnp.PyArray_DescrFromType(self.typenum), count)
+            scratch = cnp.PyArray_BYTES(<cnp.ndarray>views[0])
+        try:
+            self._run(&xv, weight, bias, ov.data, scratch, packed_here, packed, packed_bias,
+                      num_threads)
+        finally:
+            if block != NULL:
+                free(block)
+            else:
+                self.release(lease)
+        return out
+
+
+@cython.auto_pickle(False)  # pointers into the plan's tables
+cdef class GemmCall(_KernelCall):
+    """A planned conv2d call on the GEMM kernel (_gemm_forward): the plan (_conv_plan.ConvPlan)
+    and the call's scalars. Weight is (F, C/G, KH, KW) C-contiguous (any shape of that size),
+    bias (F,) or None."""
+    cdef _Arg row_src, col_src, col_inner, b_offset
+    cdef Py_ssize_t groups, per_group, depth, inplace_blocks, kh, kw, stride_w, out_h, out_w
+    cdef Py_ssize_t rows_per_task, channels_per_chunk, fblocks_per_task, slab_size, stage_pitch
+    cdef Py_ssize_t packed_size, packed_bias_size
+    cdef bint relu, pointwise
+    cdef Py_ssize_t pool
+
+    def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, bint channels_last,
+                 Py_ssize_t groups, Py_ssize_t per_group, kernel, Py_ssize_t stride_w,
+                 out_hw, bint relu, Py_ssize_t pool, bint pointwise, workspace):
+        self._setup(plan, dtype, x_shape, out_shape, channels_last, plan.scratch_per_thread,
+                    workspace)
+        cdef Py_ssize_t nr
+        self.groups, self.per_group = groups, per_group
+        self.kh, self.kw = kernel
+        self.out_h, self.out_w = out_hw
+        self.stride_w, self.relu, self.pool, self.pointwise = stride_w, relu, pool, pointwise
+        self.rows_per_task = plan.rows_per_task
+        self.channels_per_chunk = plan.channels_per_chunk
+        self.fblocks_per_task = plan.fblocks_per_task
+        self.slab_size = plan.slab_size
+        self.stage_pitch = plan.stage_pitch
+        self.inplace_blocks = plan.inplace_blocks
+        cdef Py_ssize_t channels = self.x_shape[1]
+        cdef Py_ssize_t fblocks = (per_group + FC_MR - 1) // FC_MR
+        if groups < 1 or per_group < 1 or channels % groups:
+            raise ValueError(f"GemmCall: groups {groups}, per_group {per_group} do not fit "
+                             f"{channels} channels")
+        self.depth = channels // groups * self.kh * self.kw
+        self.packed_size, self.packed_bias_size = packed_sizes(groups, per_group, self.depth,
+                                                               self.inplace_blocks)
+        _table(plan.row_src, "row_src", -1, self.x_shape[2], &self.row_src)
+        _table(plan.col_src, "col_src", -1, self.x_shape[3], &self.col_src)
+        _table(plan.col_inner, "col_inner", -(1 << 62), 1 << 62, &self.col_inner)
+        pitch = self.col_src.shape[1]
+        slab_channel = self.row_src.shape[1] * pitch * self.col_src.shape[0]
+        _table(plan.b_offset, "b_offset", 0, self.slab_size - self.stage_pitch + 1,
+               &self.b_offset)
+        if self.typenum == cnp.NPY_FLOAT32:
+            nr = FC_ROW_NR_F32 if per_group == 1 else FC_NR_F32
+        else:
+            nr = FC_ROW_NR_F64 if per_group == 1 else FC_NR_F64
+        row_blocks = (self.out_h + self.rows_per_task - 1) // self.rows_per_task
+        if (self.stage_pitch < self.rows_per_task * pitch or self.stage_pitch % nr
+                or self.row_src.shape[0] < row_blocks or self.col_inner.shape[0] != self.col_src.shape[0]
+                or self.b_offset.shape[0] < self.channels_per_chunk * self.kh * self.kw
+                or self.slab_size < self.channels_per_chunk * slab_channel
+                or self.inplace_blocks < 0 or self.inplace_blocks * FC_MR > per_group
+                or self.fblocks_per_task < 1 or self.channels_per_chunk < 1
+                or self.scratch_per_thread < self.slab_size
+                + self.fblocks_per_task * FC_MR * self.stage_pitch
+                or self.out_size != self.x_shape[0] * groups * per_group
+                * ((self.out_h // pool) * (self.out_w // pool) if pool > 1
+                   else self.out_h * self.out_w)):
+            raise ValueError("GemmCall: the plan does not fit the call")
+
+    cdef Py_ssize_t _shared_scratch(self, bint packed_here):
+        if not packed_here:
+            return 0
+        # Panels and bias, each starting on a cache line.
+        cdef Py_ssize_t line = SCRATCH_ALIGN // self.itemsize
+        return ((self.packed_size + line - 1) // line + (self.packed_bias_size + line) // line) * line
+
+    cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
+                  bint packed_here, object packed, object packed_bias, int threads) except -1:
+        cdef _Arg wv, bv, pv, pbv
+        cdef Py_ssize_t n_filters = self.groups * self.per_group
+        cdef Py_ssize_t line = SCRATCH_ALIGN // self.itemsize
+        cdef char *panels
+        cdef char *panel_bias
+        _arg(weight, "weight", self.typenum, -1, False, True, &wv)
+        if wv.shape[0] != n_filters * self.depth:
+            raise ValueError(f"weight: {wv.shape[0]} elements, the call reads "
+                             f"{n_filters * self.depth}")
+        if packed_here:
+            bv.data = NULL
+            if bias is not None:
+                _arg(bias, "bias", self.typenum, -1, False, True, &bv)
+                if bv.shape[0] != n_filters:
+                    raise ValueError(f"bias: {bv.shape[0]} elements, not {n_filters}")
+            panels = scratch + threads * self.scratch_per_thread * self.itemsize
+            panel_bias = panels + ((self.packed_size + line - 1) // line) * line * self.itemsize
+            with nogil:
+                if self.typenum == cnp.NPY_FLOAT32:
+                    _pack_filters(<const float *>wv.data, self.groups, self.per_group,
+                                  self.depth, self.inplace_blocks, <const float *>bv.data,
+                                  <float *>panels, <float *>panel_bias)
+                else:
+                    _pack_filters(<const double *>wv.data, self.groups, self.per_group,
+                                  self.depth, self.inplace_blocks, <const double *>bv.data,
+                                  <double *>panels, <double *>panel_bias)
+        else:
+            _arg(packed, "packed", self.typenum, -1, False, True, &pv)
+            _arg(packed_bias, "packed_bias", self.typenum, -1, False, True, &pbv)
+            if pv.shape[0] != self.packed_size or pbv.shape[0] != self.packed_bias_size:
+                raise ValueError("packed, packed_bias: sizes do not fit the call")
+            panels, panel_bias = pv.data, pbv.data
+        if self.typenum == cnp.NPY_FLOAT32:
+            _gemm_forward(x, <const float *>wv.data, <const float *>panels,
+                          self.inplace_blocks, <const float *>panel_bias, <float *>out,
+                          <float *>scratch, self.groups, self.per_group, &self.row_src,
+                          &self.col_src, &self.col_inner, &self.b_offset, self.stride_w,
+                          self.kh, self.kw, self.out_h, self.out_w, self.rows_per_task,
+                          self.channels_per_chunk, self.fblocks_per_task, self.slab_size,
+                          self.stage_pitch, self.channels_last, self.relu, self.pool, threads,
+                          self.pointwise)
+        else:
+            _gemm_forward(x, <const double *>wv.data, <const double *>panels,
+                          self.inplace_blocks, <const double *>panel_bias, <double *>out,
+                          <double *>scratch, self.groups, self.per_group, &self.row_src,
+                          &self.col_src, &self.col_inner, &self.b_offset, self.stride_w,
+                          self.kh, self.kw, self.out_h, self.out_w, self.rows_per_task,
+                          self.channels_per_chunk, self.fblocks_per_task, self.slab_size,
+                          self.stage_pitch, self.channels_last, self.relu, self.pool, threads,
+                          self.pointwise)
+        return 0
+
+
+@cython.auto_pickle(False)  # pointers into the plan's tables
+cdef class DepthwiseCall(_KernelCall):
+    """A planned conv2d call on the depthwise kernel (_depthwise_forward): the plan
+    (_conv_plan.DepthwisePlan) and the call's scalars. Weight is (C * M, 1, KH, KW)
+    C-contiguous (any shape of that size), bias (C * M,) or None."""
+    cdef _Arg row_src, col_src, col_inner, tap_offset
+    cdef Py_ssize_t multiplier, taps, stride_h, stride_w, out_h, out_w
+    cdef Py_ssize_t rows_per_task, groups_per_task, stage_row, slab_size
+    cdef bint relu
+    cdef Py_ssize_t pool
+
+    def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, bint channels_last,
+                 Py_ssize_t multiplier, kernel, stride, out_hw, bint relu, Py_ssize_t pool,
+                 workspace):
+        self._setup(plan, dtype, x_shape, out_shape, channels_last, plan.scratch_per_thread,
+                    workspace)
+        kh, kw = kernel
+        self.taps = kh * kw
+        self.multiplier = multiplier
+        self.stride_h, self.stride_w = stride
+        self.out_h, self.out_w = out_hw
+        self.relu, self.pool = relu, pool
+        self.rows_per_task = plan.rows_per_task
+        self.groups_per_task = plan.groups_per_task
+        self.stage_row = plan.stage_row
+        self.slab_size = plan.slab_size
+        _table(plan.row_src, "row_src", -1, self.x_shape[2], &self.row_src)
+        _table(plan.col_src, "col_src", -1, self.x_shape[3], &self.col_src)
+        _table(plan.col_inner, "col_inner", -(1 << 62), 1 << 62, &self.col_inner)
+        _table(plan.tap_offset, "tap_offset", 0, self.slab_size, &self.tap_offset)
+        cdef Py_ssize_t channels = self.x_shape[1]
+        row_blocks = (self.out_h + self.rows_per_task - 1) // self.rows_per_task
+        if (multiplier < 1 or self.tap_offset.shape[0] < self.taps
+                or self.row_src.shape[0] < row_blocks
+                or self.col_inner.shape[0] != self.col_src.shape[0]
+                or self.groups_per_task < 1 or self.stage_row < self.out_w
+                or self.slab_size < self.groups_per_task * self.col_src.shape[0]
+                * self.row_src.shape[1] * self.col_src.shape[1]
+                or self.scratch_per_thread < self.slab_size + self.groups_per_task
+                * multiplier * self.rows_per_task * self.stage_row
+                or self.out_size != self.x_shape[0] * channels * multiplier
+                * ((self.out_h // pool) * (self.out_w // pool) if pool > 1
+                   else self.out_h * self.out_w)):
+            raise ValueError("DepthwiseCall: the plan does not fit the call")
+
+    cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
+                  bint packed_here, object packed, object packed_bias, int threads) except -1:
+        cdef _Arg wv, bv
+        cdef Py_ssize_t n_filters = self.x_shape[1] * self.multiplier
+        if not packed_here:
+            raise ValueError("DepthwiseCall takes no packed weights")
+        _arg(weight, "weight", self.typenum, -1, False, True, &wv)
+        if wv.shape[0] != n_filters * self.taps:
+            raise ValueError(f"weight: {wv.shape[0]} elements, the call reads "
+                             f"{n_filters * self.taps}")
+        bv.data = NULL
+        if bias is not None:
+            _arg(bias, "bias", self.typenum, -1, False, True, &bv)
+            if bv.shape[0] != n_filters:
+                raise ValueError(f"bias: {bv.shape[0]} elements, not {n_filters}")
+        if self.typenum == cnp.NPY_FLOAT32:
+            _depthwise_forward(x, <const float *>wv.data, <const float *>bv.data,
+                               <float *>out, <float *>scratch, &self.row_src, &self.col_src,
+                               &self.col_inner, &self.tap_offset, self.multiplier, self.taps,
+                               self.stride_h, self.stride_w, self.out_h, self.out_w,
+                               self.rows_per_task, self.groups_per_task, self.stage_row,
+                               self.slab_size, self.channels_last, self.relu, self.pool,
+                               threads)
+        else:
+            _depthwise_forward(x, <const double *>wv.data, <const double *>bv.data,
+                               <double *>out, <double *>scratch, &self.row_src, &self.col_src,
+                               &self.col_inner, &self.tap_offset, self.multiplier, self.taps,
+                               self.stride_h, self.stride_w, self.out_h, self.out_w,
+                               self.rows_per_task, self.groups_per_task, self.stage_row,
+                               self.slab_size, self.channels_last, self.relu, self.pool,
+                               threads)
+        return 0
+
+
+cdef inline bint _simple(object value):
+    """An int, a string, None or a tuple of ints: a parameter whose equality means equal
+    validation (True == 1 and 2.0 == 2 would not, so they take the validating path)."""
+    if type(value) is int or type(value) is str or value is None:
+        return True
+    if type(value) is not tuple:
+        return False
+    for item in <tuple>value:
+        if type(item) is not int:
+            return False
+    return True
+
+
+def call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
+             activation, Py_ssize_t pool):
+    """The key under which conv.py keeps a validated call: a tuple of what its validation and
+    plan depend on (array_key of the arrays and the parameters), or None for calls that must
+    be validated in full (array-likes, unusual parameter types)."""
+    if type(x) is not _ndarray or type(groups) is not int:
+        return None
+    if not (_simple(stride) and _simple(padding) and _simple(dilation)
+            and type(padding_mode) is str and type(layout) is str
+            and (activation is None or type(activation) is str)):
+        return None
+    if type(weight) is not _ndarray or not (bias is None or type(bias) is _ndarray):
+        return None
+    return (array_key(x, weight, bias), stride, padding, dilation, groups, padding_mode, layout,
+            activation, pool)
+
+
+def run_cached(dict calls, x, weight, bias, stride, padding, dilation, groups, padding_mode,
+               layout, activation, Py_ssize_t pool, num_threads, resolve_num_threads):
+    """conv2d for a call seen before: the planned call kept in ``calls`` under this call's
+    key (call_key) run on ``resolve_num_threads(num_threads)`` threads, with a new result;
+    None when ``calls`` has no such call."""
+    key = call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
+                   activation, pool)
+    if key is None:
+        return None
+    cdef PyObject *found = PyDict_GetItem(calls, key)
+    if found == NULL:
+        return None
+    return (<object>found)(x, weight, bias, None, resolve_num_threads(num_threads))
