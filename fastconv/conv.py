@@ -219,8 +219,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            [15., 17., 19.],
            [23., 25., 27.]], dtype=float32)
     """
-    return _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode,
-                   layout, activation, out, num_threads, pool=1)
+    if out is None:  # a repeated call with plain arrays runs in C (see _RUNNERS)
+        result = _kernels.run_cached(_RUNNERS, x, weight, bias, stride, padding, dilation,
+                                     groups, padding_mode, layout, activation, 1, num_threads,
+                                     v.resolve_num_threads)
+        if result is not None:
+            return result
+    return _validated_conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode,
+                             layout, activation, out, num_threads, 1)
 
 
 class _ConvCall(NamedTuple):
@@ -284,6 +290,14 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, la
                                      num_threads, v.resolve_num_threads)
         if result is not None:
             return result
+    return _validated_conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode,
+                             layout, activation, out, num_threads, pool)
+
+
+def _validated_conv2d(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
+                      activation, out, num_threads, pool):
+    """_conv2d past the C path: validates and plans the call (or finds it in _CALLS), converts
+    the arrays as needed and runs the planned call."""
     key = _call_key(x, weight, bias, stride, padding, dilation, groups, padding_mode, layout,
                     activation, out, pool)
     call = _CALLS.get(key) if key is not None else None
