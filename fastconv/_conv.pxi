@@ -403,7 +403,7 @@ ctypedef struct _GemmJob:
     Py_ssize_t row_blocks, rows_per_task, out_h, out_w
     Py_ssize_t groups, filters_per_group, n_filters
     Py_ssize_t fchunks, fblocks, fblocks_per_task, inplace_blocks, packed_blocks
-    Py_ssize_t depth, taps, nr, stage_pitch, pooled_pixels, pool
+    Py_ssize_t depth, taps, nr, stage_pitch, pooled_pixels, pool, wrap
     bint direct, one_filter, relu, channels_last
 
 
@@ -452,6 +452,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
             _fill_slab(x_data + n * sn + (g * in_per_group + c0) * sc, sc, sh, job.sw, cc,
                        job.bands + rb * job.slab_rows, job.slab_rows, job.col_src,
                        job.col_inner, job.stride_w, job.phases, job.pitch, slab)
+            if job.wrap:  # the right padding read past the last row (_conv_plan._column_maps)
+                memset(slab + cc * job.slab_channel, 0, job.wrap * sizeof(floating))
         j0 = 0
         while j0 < q_len:
             if j0 < tiles_end:
@@ -511,7 +513,7 @@ cdef int _gemm_forward(
     Py_ssize_t stride_w, Py_ssize_t kh_count, Py_ssize_t kw_count,
     Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
-    Py_ssize_t slab_size, Py_ssize_t stage_pitch,
+    Py_ssize_t slab_size, Py_ssize_t stage_pitch, Py_ssize_t wrap,
     bint channels_last, bint relu, Py_ssize_t pool, int num_threads, bint pointwise,
 ) except -1:
     """out = conv(x, weight) + bias (then ReLU, then pool x pool / pool max pooling when
@@ -587,7 +589,7 @@ cdef int _gemm_forward(
     job.fchunks, job.fblocks, job.fblocks_per_task = fchunks, fblocks, fblocks_per_task
     job.inplace_blocks, job.packed_blocks = inplace_blocks, packed_blocks
     job.depth, job.taps, job.nr, job.stage_pitch = depth, taps, nr, stage_pitch
-    job.pooled_pixels, job.pool = pooled_pixels, pool
+    job.pooled_pixels, job.pool, job.wrap = pooled_pixels, pool, wrap
     job.direct, job.one_filter, job.relu, job.channels_last = (direct, one_filter, relu,
                                                                channels_last)
     # The slab's slack beyond the filled rows is read only by junk columns, which are dropped.

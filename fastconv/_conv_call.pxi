@@ -15,10 +15,10 @@ from libc.stdint cimport uintptr_t
 
 import numpy as np
 
-# Scratch up to this size comes from malloc (cheap, and small blocks stay in glibc's heap);
-# larger from fastconv._workspace, whose buffers are reused across calls.
+# Scratch memory: requests up to fastconv._workspace.SMALL_BYTES come from malloc (cheap,
+# and small blocks stay in glibc's heap), larger ones from the workspace, whose buffers are
+# reused across calls.
 cdef enum:
-    SMALL_SCRATCH_BYTES = 64 * 1024
     SCRATCH_ALIGN = 64
 
 _ndarray = np.ndarray  # compared by identity: exact arrays only on the fast path
@@ -121,7 +121,7 @@ cdef class _KernelCall:
     cdef cnp.npy_intp out_dims[4]
     cdef Py_ssize_t out_size
     cdef Py_ssize_t scratch_per_thread    # elements
-    cdef object acquire, release          # fastconv._workspace, for large scratch
+    cdef object workspace                 # fastconv._workspace, for large scratch
 
     cdef int _setup(self, plan, dtype, tuple x_shape, tuple out_shape, bint channels_last,
                     Py_ssize_t scratch_per_thread, workspace) except -1:
@@ -147,8 +147,7 @@ cdef class _KernelCall:
             self.out_dims[k] = out_shape[k]
             self.out_size *= out_shape[k]
         self.scratch_per_thread = scratch_per_thread
-        self.acquire = workspace.acquire
-        self.release = workspace.release
+        self.workspace = workspace
         return 0
 
     cdef int _x_view(self, object x, _Arg *view) except -1:
@@ -205,13 +204,14 @@ cdef class _KernelCall:
         cdef char *block = NULL
         cdef char *scratch
         lease = None
-        if nbytes <= SMALL_SCRATCH_BYTES:
+        if nbytes <= self.workspace.SMALL_BYTES:
             block = <char *>malloc(nbytes + SCRATCH_ALIGN)
             if block == NULL:
                 raise MemoryError()
             scratch = block + (-<uintptr_t>block) % SCRATCH_ALIGN
         else:
-            lease, views = self.acquire(cnp.PyArray_DescrFromType(self.typenum), count)
+            lease, views = self.workspace.acquire(cnp.PyArray_DescrFromType(self.typenum),
+                                                  count)
             scratch = cnp.PyArray_BYTES(<cnp.ndarray>views[0])
         try:
             self._run(&xv, weight, bias, ov.data, scratch, packed_here, packed, packed_bias,
@@ -220,7 +220,7 @@ cdef class _KernelCall:
             if block != NULL:
                 free(block)
             else:
-                self.release(lease)
+                self.workspace.release(lease)
         return out
 
 
@@ -232,7 +232,7 @@ cdef class GemmCall(_KernelCall):
     cdef _Arg row_src, col_src, col_inner, b_offset
     cdef Py_ssize_t groups, per_group, depth, inplace_blocks, kh, kw, stride_w, out_h, out_w
     cdef Py_ssize_t rows_per_task, channels_per_chunk, fblocks_per_task, slab_size, stage_pitch
-    cdef Py_ssize_t packed_size, packed_bias_size
+    cdef Py_ssize_t wrap, packed_size, packed_bias_size
     cdef bint relu, pointwise
     cdef Py_ssize_t pool
 
@@ -252,6 +252,7 @@ cdef class GemmCall(_KernelCall):
         self.slab_size = plan.slab_size
         self.stage_pitch = plan.stage_pitch
         self.inplace_blocks = plan.inplace_blocks
+        self.wrap = plan.wrap
         cdef Py_ssize_t channels = self.x_shape[1]
         cdef Py_ssize_t fblocks = (per_group + FC_MR - 1) // FC_MR
         if groups < 1 or per_group < 1 or channels % groups:
@@ -275,7 +276,8 @@ cdef class GemmCall(_KernelCall):
         if (self.stage_pitch < self.rows_per_task * pitch or self.stage_pitch % nr
                 or self.row_src.shape[0] < row_blocks or self.col_inner.shape[0] != self.col_src.shape[0]
                 or self.b_offset.shape[0] < self.channels_per_chunk * self.kh * self.kw
-                or self.slab_size < self.channels_per_chunk * slab_channel
+                or self.wrap < 0
+                or self.slab_size < self.channels_per_chunk * slab_channel + self.wrap
                 or self.inplace_blocks < 0 or self.inplace_blocks * FC_MR > per_group
                 or self.fblocks_per_task < 1 or self.channels_per_chunk < 1
                 or self.scratch_per_thread < self.slab_size
@@ -333,7 +335,7 @@ cdef class GemmCall(_KernelCall):
                           &self.col_src, &self.col_inner, &self.b_offset, self.stride_w,
                           self.kh, self.kw, self.out_h, self.out_w, self.rows_per_task,
                           self.channels_per_chunk, self.fblocks_per_task, self.slab_size,
-                          self.stage_pitch, self.channels_last, self.relu, self.pool, threads,
+                          self.stage_pitch, self.wrap, self.channels_last, self.relu, self.pool, threads,
                           self.pointwise)
         else:
             _gemm_forward(x, <const double *>wv.data, <const double *>panels,
@@ -342,7 +344,7 @@ cdef class GemmCall(_KernelCall):
                           &self.col_src, &self.col_inner, &self.b_offset, self.stride_w,
                           self.kh, self.kw, self.out_h, self.out_w, self.rows_per_task,
                           self.channels_per_chunk, self.fblocks_per_task, self.slab_size,
-                          self.stage_pitch, self.channels_last, self.relu, self.pool, threads,
+                          self.stage_pitch, self.wrap, self.channels_last, self.relu, self.pool, threads,
                           self.pointwise)
         return 0
 

@@ -47,6 +47,7 @@ class ConvPlan(NamedTuple):
     stage_pitch: int         # staged tile: elements per filter (rows * pitch, whole tiles)
     scratch_per_thread: int  # slab + staged tile (fblocks_per_task * MR filters)
     inplace_blocks: int      # blocks of MR filters the micro-kernel reads in place
+    wrap: int                # zeros after a chunk's last channel in the slab (see _column_maps)
 
 
 def inplace_blocks(per_group, depth, mr):
@@ -79,8 +80,8 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     top, _, left, right = pads
     fblocks = -(-per_group // mr)
 
-    phases, pitch, col_src, col_inner, tap_phase, tap_shift = _column_maps(
-        width, out_w, kw, sw, dw, left, right, padding_mode)
+    phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap = _column_maps(
+        width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=True)
 
     def slab_rows_of(rows):
         return rows + (kh - 1) * dh if sh == 1 else kh * rows
@@ -119,20 +120,35 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
                 + tap_shift[None, None, :])
     b_offset = np.ascontiguousarray(b_offset.ravel(), dtype=np.intp)
     stage_pitch = -(-rows * pitch // nr) * nr
-    slab_size = max(channels * slab_row, int(b_offset.max()) + stage_pitch)
+    slab_size = max(channels * slab_row + wrap, int(b_offset.max()) + stage_pitch)
     _share(row_src, col_src, col_inner, b_offset)
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
                     slab_size, stage_pitch, slab_size + fblocks_per_task * mr * stage_pitch,
-                    inplace_blocks(per_group, in_per_group * kh * kw, mr))
+                    inplace_blocks(per_group, in_per_group * kh * kw, mr), wrap)
 
 
-def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode):
-    """The slab's columns: ``(phases, pitch, col_src, col_inner, tap_phase, tap_shift)``.
+def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=False):
+    """The slab's columns: ``(phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap)``.
 
     Each input row is copied once per stride phase P; per phase, ``col_src`` holds the input
     column of each slab column (-1 = zero) and ``col_inner`` the linear interior
     ``[first, end)`` with its offset. Tap kw reads slab column ow + ``tap_shift[kw]`` of phase
-    ``tap_phase[kw]``, so the pitch is out_w plus the largest shift (junk columns)."""
+    ``tap_phase[kw]``, so the pitch is out_w plus the largest shift (junk columns).
+
+    ``wrap_right`` (zero padding, stride 1, no more padding right than left): the slab rows
+    hold the left padding and the input only, and a tap past a row's end reads the next
+    row's left padding, zeros like the right padding it stands for: fewer junk columns
+    (3x3 with padding 1: one instead of two). The last row of a chunk then needs ``wrap``
+    zeros after it."""
+    if wrap_right and sw == 1 and padding_mode == "zeros" and right <= left and kw > 1:
+        pitch = max(out_w, left + width)
+        idx = np.arange(pitch, dtype=np.intp)
+        col_src = source_index(idx - left, width, padding_mode)[None, :]
+        first = min(left, pitch)
+        col_inner = np.array([[first, max(first, min(left + width, pitch)), -left]],
+                             dtype=np.intp)
+        return (1, pitch, col_src, col_inner, np.zeros(kw, dtype=np.intp),
+                np.arange(kw) * dw, right)
     starts = sorted({(k * dw) % sw for k in range(kw)})
     pitch = out_w + ((kw - 1) * dw) // sw
     padded_w = left + width + right
@@ -149,7 +165,7 @@ def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode):
         col_inner[i] = first, end, offset
     taps = np.arange(kw) * dw
     tap_phase = np.searchsorted(starts, taps % sw)
-    return len(starts), pitch, col_src, col_inner, tap_phase, taps // sw
+    return len(starts), pitch, col_src, col_inner, tap_phase, taps // sw, 0
 
 
 def _share(*tables):
@@ -187,7 +203,7 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
     sh, sw = stride
     dh, dw = dilation
     top, _, left, right = pads
-    phases, pitch, col_src, col_inner, tap_phase, tap_shift = _column_maps(
+    phases, pitch, col_src, col_inner, tap_phase, tap_shift, _ = _column_maps(
         width, out_w, kw, sw, dw, left, right, padding_mode)
 
     def slab_rows_for(rows):

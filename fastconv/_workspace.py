@@ -17,8 +17,9 @@ import numpy as np
 
 ALIGN = 64  # bytes: every view starts on a cache line (and a full AVX-512 vector)
 MAX_KEPT_BYTES = 64 << 20
-# Requests up to this size get plain new arrays: small blocks never leave glibc's heap, and
-# np.empty is cheaper than the lease (this matters for tiny calls, ~1 us).
+# Requests up to this size get fresh memory (plain new arrays here; the planned conv calls of
+# _conv_call.pxi malloc it): small blocks never leave glibc's heap, and that is cheaper than
+# the lease (this matters for tiny calls, ~1 us).
 SMALL_BYTES = 64 << 10
 _local = threading.local()
 
