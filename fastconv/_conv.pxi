@@ -24,6 +24,7 @@ cnp.import_array()
 cdef extern from "_conv_microkernel.h" nogil:
     enum:
         FC_MR
+        FC_NV
         FC_NR_F32
         FC_NR_F64
         FC_ROW_NR_F32
@@ -50,16 +51,16 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_transpose_f64(double *dst, Py_ssize_t ld_dst, const double *src, Py_ssize_t ld_src)
     void fc_microkernel_f32(Py_ssize_t depth, const float *a, const float *b,
                             const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
-                            const float *bias, int relu)
+                            const float *bias, int relu, int nv)
     void fc_microkernel_f64(Py_ssize_t depth, const double *a, const double *b,
                             const Py_ssize_t *b_offset, double *c, Py_ssize_t ldc,
-                            const double *bias, int relu)
+                            const double *bias, int relu, int nv)
     void fc_microkernel_rows_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
                                  const float *b, const Py_ssize_t *b_offset, float *c,
-                                 Py_ssize_t ldc, const float *bias, int relu)
+                                 Py_ssize_t ldc, const float *bias, int relu, int nv)
     void fc_microkernel_rows_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
                                  const double *b, const Py_ssize_t *b_offset, double *c,
-                                 Py_ssize_t ldc, const double *bias, int relu)
+                                 Py_ssize_t ldc, const double *bias, int relu, int nv)
     void fc_microkernel_row_f32(Py_ssize_t depth, const float *a, const float *b,
                                 const Py_ssize_t *b_offset, float *c, const float *bias, int relu)
     void fc_microkernel_row_f64(Py_ssize_t depth, const double *a, const double *b,
@@ -174,20 +175,21 @@ def array_key(*arrays):
 
 cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floating *b,
                               const Py_ssize_t *b_offset, floating *c, Py_ssize_t ldc,
-                              const floating *bias, bint relu) noexcept nogil:
+                              const floating *bias, bint relu, int nv) noexcept nogil:
     if floating is float:
-        fc_microkernel_f32(depth, a, b, b_offset, c, ldc, bias, relu)
+        fc_microkernel_f32(depth, a, b, b_offset, c, ldc, bias, relu, nv)
     else:
-        fc_microkernel_f64(depth, a, b, b_offset, c, ldc, bias, relu)
+        fc_microkernel_f64(depth, a, b, b_offset, c, ldc, bias, relu, nv)
 
 
 cdef inline void _microkernel_rows(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
                                    const floating *b, const Py_ssize_t *b_offset, floating *c,
-                                   Py_ssize_t ldc, const floating *bias, bint relu) noexcept nogil:
+                                   Py_ssize_t ldc, const floating *bias, bint relu,
+                                   int nv) noexcept nogil:
     if floating is float:
-        fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu)
+        fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv)
     else:
-        fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu)
+        fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv)
 
 
 cdef inline void _microkernel_row(Py_ssize_t depth, const floating *a, const floating *b,
@@ -424,6 +426,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     cdef bint relu = job.relu
     cdef Py_ssize_t n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0, k, tiles_end
     cdef Py_ssize_t f_local
+    cdef Py_ssize_t lanes = nr // FC_NV
+    cdef int nv
     cdef const floating *b
     cdef const Py_ssize_t *b_rows
     cdef const floating *bias_ptr
@@ -462,6 +466,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
             else:
                 b = slab + j0
                 b_rows = job.offsets
+            # The band's last tile: only the vectors that hold its pixels.
+            nv = FC_NV if j0 + nr <= q_len else <int>((q_len - j0 + lanes - 1) // lanes)
             if job.one_filter:
                 _microkernel_row(cc * taps, filters + g * depth + c0 * taps, b, b_rows,
                                  stage + j0,
@@ -478,14 +484,14 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                                       + c0 * taps,
                                       depth, b, b_rows,
                                       stage + (fb - fb0) * FC_MR * stage_pitch + j0,
-                                      stage_pitch, bias_ptr, relu and last)
+                                      stage_pitch, bias_ptr, relu and last, nv)
                 else:
                     _microkernel(cc * taps,
                                  packed + ((g * job.packed_blocks + fb - inplace_blocks) * depth
                                            + c0 * taps) * FC_MR,
                                  b, b_rows,
                                  stage + (fb - fb0) * FC_MR * stage_pitch + j0,
-                                 stage_pitch, bias_ptr, relu and last)
+                                 stage_pitch, bias_ptr, relu and last, nv)
             j0 = j0 + nr
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.

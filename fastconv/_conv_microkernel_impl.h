@@ -9,33 +9,33 @@
 static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
     const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int nv)
 {
     FC_V acc[FC_MR][FC_NV];
     if (bias) {
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-            for (int v = 0; v < FC_NV; v++) acc[i][v] = (FC_V){0} + bias[i];
+            for (int v = 0; v < nv; v++) acc[i][v] = (FC_V){0} + bias[i];
         }
     } else {
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-            for (int v = 0; v < FC_NV; v++)
+            for (int v = 0; v < nv; v++)
                 acc[i][v] = *(const FC_VU *)(c + i * ldc + v * FC_LANES);
         }
     }
     for (Py_ssize_t r = 0; r < depth; r++) {
         FC_V bv[FC_NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < FC_NV; v++) bv[v] = *(const FC_VU *)(b + b_offset[r] + v * FC_LANES);
+        for (int v = 0; v < nv; v++) bv[v] = *(const FC_VU *)(b + b_offset[r] + v * FC_LANES);
         const FC_T *ar = a + r * a_row;
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
             const FC_T w = ar[i * a_filter];
 #pragma GCC unroll 4
-            for (int v = 0; v < FC_NV; v++) acc[i][v] += bv[v] * w;
+            for (int v = 0; v < nv; v++) acc[i][v] += bv[v] * w;
         }
     }
     if (relu) {
@@ -43,33 +43,52 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-            for (int v = 0; v < FC_NV; v++)
+            for (int v = 0; v < nv; v++)
                 acc[i][v] = (FC_V)((FC_VI)acc[i][v] & ~(FC_VI)(acc[i][v] < zero));
         }
     }
 #pragma GCC unroll 16
     for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-        for (int v = 0; v < FC_NV; v++) *(FC_VU *)(c + i * ldc + v * FC_LANES) = acc[i][v];
+        for (int v = 0; v < nv; v++) *(FC_VU *)(c + i * ldc + v * FC_LANES) = acc[i][v];
     }
 }
 
-/* A packed panel: weight (r, i) at a[r * FC_MR + i]. */
+/* The body specialised for nv = 1 .. FC_NV vectors of pixels (fewer: a band's last,
+ * partial tile, so that small maps do not compute whole tiles of junk). */
+static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_nv)(
+    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
+    const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv)
+{
+#if FC_NV > 3
+#error "fc_microkernel_nv is written for FC_NV <= 3"
+#endif
+    switch (nv) {
+#if FC_NV == 3
+    case 2: FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, bias, relu, 2); break;
+#endif
+    case 1: FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, bias, relu, 1); break;
+    default: FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, bias, relu, FC_NV); break;
+    }
+}
+
+/* A packed panel: weight (r, i) at a[r * FC_MR + i]; nv vectors of pixels (see above). */
 static inline void FC_NAME(fc_microkernel)(
     Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv)
 {
-    FC_NAME(fc_microkernel_body)(depth, a, FC_MR, 1, b, b_offset, c, ldc, bias, relu);
+    FC_NAME(fc_microkernel_nv)(depth, a, FC_MR, 1, b, b_offset, c, ldc, bias, relu, nv);
 }
 
 /* FC_MR whole filters in place: weight (r, i) at a[i * lda + r]. */
 static inline void FC_NAME(fc_microkernel_rows)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv)
 {
-    FC_NAME(fc_microkernel_body)(depth, a, 1, lda, b, b_offset, c, ldc, bias, relu);
+    FC_NAME(fc_microkernel_nv)(depth, a, 1, lda, b, b_offset, c, ldc, bias, relu, nv);
 }
 
 /* One filter (depthwise convolution: one filter per group) x FC_ROW_NV vectors of pixels;

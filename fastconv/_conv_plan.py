@@ -71,9 +71,11 @@ def source_index(positions, size, mode):
 
 @functools.lru_cache(maxsize=256)
 def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out_w,
-         kernel, stride, dilation, pads, padding_mode, mr, nr, itemsize, row_multiple=1):
+         kernel, stride, dilation, pads, padding_mode, mr, nr, lanes, itemsize, row_multiple=1):
     """The kernel's layout for one problem shape; cached (layers call it with one shape).
-    ``row_multiple``: bands of output rows are a multiple of it (fused pooling windows)."""
+    Tiles are ``mr`` filters x ``nr`` pixels; a band's last tile computes only the vectors of
+    ``lanes`` pixels it needs (``lanes = nr``: whole tiles). ``row_multiple``: bands of output
+    rows are a multiple of it (fused pooling windows)."""
     kh, kw = kernel
     sh, sw = stride
     dh, dw = dilation
@@ -87,7 +89,8 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
         return rows + (kh - 1) * dh if sh == 1 else kh * rows
 
     rows, fblocks_per_task = _split_tasks(
-        out_h=out_h, out_w=out_w, pitch=pitch, nr=nr, mr=mr, planes=n_images * groups,
+        out_h=out_h, out_w=out_w, pitch=pitch, nr=nr, lanes=lanes, mr=mr,
+        planes=n_images * groups,
         fblocks=fblocks, depth=in_per_group * kh * kw,
         fill_per_row_span=in_per_group * phases * pitch, slab_rows_of=slab_rows_of,
         row_multiple=row_multiple)
@@ -243,6 +246,11 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
 # from perf profiles on Zen 3/4; they only need to rank splits.
 FILL_ELEMENT_COST = 8
 TASK_COST = 4000
+# A micro-kernel call: fixed cost, and per weight of its panel (streamed from L2 or L3).
+KERNEL_CALL_COST = 500
+WEIGHT_COST = 8
+# See _split_tasks.
+TAIL_GAIN = 0.08
 
 
 def _two_thread_makespan(plane_tasks, planes):
@@ -257,41 +265,70 @@ def _two_thread_makespan(plane_tasks, planes):
     return max(loads)
 
 
-def _split_tasks(*, out_h, out_w, pitch, nr, mr, planes, fblocks, depth, fill_per_row_span,
-                 slab_rows_of, row_multiple):
+def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
+                 fill_per_row_span, slab_rows_of, row_multiple):
     """``(rows per task, filter blocks per task)``: the split with the least estimated time
-    on two threads. A task computes its band's pixels over the pitch, rounded up to whole
-    tiles, for its filters, after filling the slab with all its band's input rows: splitting
-    the filters repeats that fill, splitting the rows repeats the halo rows. Among splits
-    within 3% of the best, one with MIN_TASKS tasks if any (dynamic balance absorbs a
-    disturbed thread), then the cheapest."""
+    on two threads. A task computes its band's pixels over the pitch in tiles, for its
+    filters, after filling the slab with all its band's input rows: splitting the filters
+    repeats that fill, splitting the rows repeats the halo rows. Among splits within 3% of
+    the best, one with MIN_TASKS tasks if any (dynamic balance absorbs a disturbed thread),
+    then the cheapest.
 
-    def task_cost(band_rows, blocks):
+    Two estimates of the arithmetic: whole tiles, or a band's last tile by the vectors it
+    computes (the kernel does that). The second is truer but the model is rough, and close
+    splits measure alike within noise: the split it prefers is taken only when it saves
+    TAIL_GAIN of the first's time (small maps, e.g. 7x7: a quarter)."""
+
+    def band_cost(band_rows, tails):
+        """Arithmetic of a band for one block of filters in whole tiles; with tails, the
+        last partial one by its vectors, weighted by how well its mr x vectors accumulators
+        hide the FMA latency (~8 chains needed), plus each kernel call's fixed cost
+        (accumulators in and out, the weight panel streamed in)."""
+        tiles, rest = divmod(band_rows * pitch, nr)
+        if not tails:  # the first estimate: whole tiles, arithmetic only
+            return (tiles + (rest > 0)) * nr * mr * depth
+        vectors = -(-rest // lanes)
+        pixels = tiles * nr + (vectors * lanes * max(1.0, 8 / (mr * vectors)) if vectors else 0)
+        calls = tiles + (vectors > 0)
+        return pixels * mr * depth + calls * (KERNEL_CALL_COST + WEIGHT_COST * mr * depth)
+
+    def task_cost(band_rows, blocks, tails):
         return (TASK_COST + FILL_ELEMENT_COST * fill_per_row_span * slab_rows_of(band_rows)
-                + -(-band_rows * pitch // nr) * nr * blocks * mr * depth)
+                + band_cost(band_rows, tails) * blocks)
 
-    candidates = []
+    def estimate(rows, per_task, tails):
+        bands = -(-out_h // rows)
+        last_rows = out_h - (bands - 1) * rows
+        fchunks = -(-fblocks // per_task)
+        chunk_blocks = [per_task] * (fchunks - 1) + [fblocks - (fchunks - 1) * per_task]
+        plane_tasks = []
+        for blocks in chunk_blocks:
+            plane_tasks += [task_cost(rows, blocks, tails)] * (bands - 1)
+            plane_tasks.append(task_cost(last_rows, blocks, tails))
+        return _two_thread_makespan(plane_tasks, planes), len(plane_tasks) * planes
+
+    splits = []
     for rows in range(row_multiple, out_h + row_multiple, row_multiple):
         if rows * pitch > MAX_TASK_PIXELS and rows > row_multiple:
             break
         bands = -(-out_h // rows)
-        last_rows = out_h - (bands - 1) * rows
         max_chunks = min(fblocks, -(-2 * MIN_TASKS // (planes * bands)))  # enough tasks
         for fchunks in range(1, max_chunks + 1):
             per_task = -(-fblocks // fchunks)
-            if -(-fblocks // per_task) != fchunks:
-                continue  # the same split as a smaller fchunks
-            chunk_blocks = [per_task] * (fchunks - 1) + [fblocks - (fchunks - 1) * per_task]
-            plane_tasks = []
-            for blocks in chunk_blocks:
-                plane_tasks += [task_cost(rows, blocks)] * (bands - 1)
-                plane_tasks.append(task_cost(last_rows, blocks))
-            candidates.append((_two_thread_makespan(plane_tasks, planes),
-                               len(plane_tasks) * planes, rows, per_task))
-    # At least two tasks per thread where the problem allows: one slowed thread (a busy
-    # core) then costs a task, not half the call.
-    candidates = [c for c in candidates if c[1] >= 4] or candidates
-    best = min(c[0] for c in candidates)
-    _, _, rows, per_task = max((c for c in candidates if c[0] <= best * 1.03),
-                               key=lambda c: (min(c[1], MIN_TASKS), -c[0]))
-    return rows, per_task
+            if -(-fblocks // per_task) == fchunks:  # else the same split as a smaller one
+                splits.append((rows, per_task))
+
+    def pick(tails):
+        candidates = [estimate(rows, per_task, tails) + (rows, per_task)
+                      for rows, per_task in splits]
+        # At least two tasks per thread where the problem allows: one slowed thread (a busy
+        # core) then costs a task, not half the call.
+        candidates = [c for c in candidates if c[1] >= 4] or candidates
+        best = min(c[0] for c in candidates)
+        return max((c for c in candidates if c[0] <= best * 1.03),
+                   key=lambda c: (min(c[1], MIN_TASKS), -c[0]))[2:]
+
+    whole, tailed = pick(False), pick(True)
+    if estimate(*tailed, True)[0] < (1 - TAIL_GAIN) * estimate(*whole, True)[0]:
+        return tailed
+    return whole

@@ -441,13 +441,15 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             relu=activation == "relu", pool=pool, workspace=_workspace)
     else:
         path = "gemm"
-        if per_group == 1:  # the kernel's one-filter tile
-            nr = _kernels.ROW_NR_FLOAT32 if dtype == np.float32 else _kernels.ROW_NR_FLOAT64
+        if per_group == 1:  # the kernel's one-filter tile (whole tiles only)
+            nr = lanes = (_kernels.ROW_NR_FLOAT32 if dtype == np.float32
+                          else _kernels.ROW_NR_FLOAT64)
         else:
             nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
+            lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
         layout_plan = _conv_plan.plan(
             n_images=n_images, groups=groups, in_per_group=in_per_group, per_group=per_group,
-            mr=_kernels.MR, nr=nr, **geometry)
+            mr=_kernels.MR, nr=nr, lanes=lanes, **geometry)
         runner = _kernels.GemmCall(
             layout_plan, dtype, x.shape, shape, channels_last=channels_last, groups=groups,
             per_group=per_group, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),
