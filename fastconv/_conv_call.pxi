@@ -6,7 +6,10 @@
 # has already checked them), allocates the result, lends scratch memory and runs the kernel,
 # all in C: a small convolution then costs about a microsecond above its arithmetic.
 # run_cached looks a call up by the key of its arguments (call_key) and runs it, which is
-# conv2d's whole path for a repeated call.
+# conv2d's whole path for a repeated call. The kernels proper (_gemm_forward,
+# _depthwise_forward) still take their output from the caller and return nothing; only this
+# layer allocates, in C, because a round trip through Python costs more than a small
+# convolution.
 
 cimport cython
 from cpython.dict cimport PyDict_GetItem
@@ -158,7 +161,10 @@ cdef class _KernelCall:
         cdef Py_ssize_t dims[4]
         cdef Py_ssize_t steps[4]
         _arg(x, "x", self.typenum, self.x_ndim, False, False, &raw)
-        order[0], order[1], order[2], order[3] = (0, 3, 1, 2) if self.channels_last else (0, 1, 2, 3)
+        if self.channels_last:
+            order[0], order[1], order[2], order[3] = 0, 3, 1, 2
+        else:
+            order[0], order[1], order[2], order[3] = 0, 1, 2, 3
         for k in range(4):
             dims[k] = 1 if k < lead else raw.shape[k - lead]
             steps[k] = 0 if k < lead else raw.strides[k - lead]
@@ -274,7 +280,8 @@ cdef class GemmCall(_KernelCall):
             nr = FC_ROW_NR_F64 if per_group == 1 else FC_NR_F64
         row_blocks = (self.out_h + self.rows_per_task - 1) // self.rows_per_task
         if (self.stage_pitch < self.rows_per_task * pitch or self.stage_pitch % nr
-                or self.row_src.shape[0] < row_blocks or self.col_inner.shape[0] != self.col_src.shape[0]
+                or self.row_src.shape[0] < row_blocks
+                or self.col_inner.shape[0] != self.col_src.shape[0]
                 or self.b_offset.shape[0] < self.channels_per_chunk * self.kh * self.kw
                 or self.wrap < 0
                 or self.slab_size < self.channels_per_chunk * slab_channel + self.wrap
@@ -292,7 +299,8 @@ cdef class GemmCall(_KernelCall):
             return 0
         # Panels and bias, each starting on a cache line.
         cdef Py_ssize_t line = SCRATCH_ALIGN // self.itemsize
-        return ((self.packed_size + line - 1) // line + (self.packed_bias_size + line) // line) * line
+        return ((self.packed_size + line - 1) // line
+                + (self.packed_bias_size + line - 1) // line) * line
 
     cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
                   bint packed_here, object packed, object packed_bias, int threads) except -1:
@@ -335,7 +343,8 @@ cdef class GemmCall(_KernelCall):
                           &self.col_src, &self.col_inner, &self.b_offset, self.stride_w,
                           self.kh, self.kw, self.out_h, self.out_w, self.rows_per_task,
                           self.channels_per_chunk, self.fblocks_per_task, self.slab_size,
-                          self.stage_pitch, self.wrap, self.channels_last, self.relu, self.pool, threads,
+                          self.stage_pitch, self.wrap, self.channels_last, self.relu, self.pool,
+                          threads,
                           self.pointwise)
         else:
             _gemm_forward(x, <const double *>wv.data, <const double *>panels,
@@ -344,7 +353,8 @@ cdef class GemmCall(_KernelCall):
                           &self.col_src, &self.col_inner, &self.b_offset, self.stride_w,
                           self.kh, self.kw, self.out_h, self.out_w, self.rows_per_task,
                           self.channels_per_chunk, self.fblocks_per_task, self.slab_size,
-                          self.stage_pitch, self.wrap, self.channels_last, self.relu, self.pool, threads,
+                          self.stage_pitch, self.wrap, self.channels_last, self.relu, self.pool,
+                          threads,
                           self.pointwise)
         return 0
 

@@ -64,13 +64,16 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_nv)(
 #if FC_NV > 3
 #error "fc_microkernel_nv is written for FC_NV <= 3"
 #endif
+#define FC_BODY(nv_const) FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, \
+                                                      c, ldc, bias, relu, nv_const)
     switch (nv) {
 #if FC_NV == 3
-    case 2: FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, bias, relu, 2); break;
+    case 2: FC_BODY(2); break;
 #endif
-    case 1: FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, bias, relu, 1); break;
-    default: FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, bias, relu, FC_NV); break;
+    case 1: FC_BODY(1); break;
+    default: FC_BODY(FC_NV); break;
     }
+#undef FC_BODY
 }
 
 /* A packed panel: weight (r, i) at a[r * FC_MR + i]; nv vectors of pixels (see above). */

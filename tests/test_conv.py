@@ -1263,7 +1263,8 @@ def test_cached_calls_tell_apart_byte_order_alignment_and_dtype(rng):
     assert len(keys) == 4
     # Only calls whose arrays go to the kernel unconverted run on the C path.
     for a in (swapped, misaligned, x.astype(np.float64)):
-        assert conv._call_key(a, w, b, 1, 1, 1, 1, "zeros", "NCHW", None, None, 1) not in conv._RUNNERS
+        key = conv._call_key(a, w, b, 1, 1, 1, 1, "zeros", "NCHW", None, None, 1)
+        assert key in conv._CALLS and key not in conv._RUNNERS
 
 
 @pytest.mark.parametrize("n, c, h, w, f, groups", [
