@@ -125,9 +125,15 @@ cdef class _KernelCall:
     cdef Py_ssize_t out_size
     cdef Py_ssize_t scratch_per_thread    # elements
     cdef object workspace                 # fastconv._workspace, for large scratch
+    # The slab's index maps (both plans have them) and what both kernels take.
+    cdef _Arg row_src, col_src, col_inner
+    cdef Py_ssize_t out_h, out_w, rows_per_task, slab_size, pool
+    cdef bint relu
 
     cdef int _setup(self, plan, dtype, tuple x_shape, tuple out_shape, bint channels_last,
-                    Py_ssize_t scratch_per_thread, workspace) except -1:
+                    out_hw, bint relu, Py_ssize_t pool, workspace) except -1:
+        """The shared part of __init__: shapes, and the plan's slab tables checked against
+        x (the kernels index x through them)."""
         cdef int k
         self.plan = plan
         dtype = np.dtype(dtype)
@@ -149,8 +155,20 @@ cdef class _KernelCall:
         for k in range(self.out_ndim):
             self.out_dims[k] = out_shape[k]
             self.out_size *= out_shape[k]
-        self.scratch_per_thread = scratch_per_thread
+        self.scratch_per_thread = plan.scratch_per_thread
         self.workspace = workspace
+        self.out_h, self.out_w = out_hw
+        self.relu, self.pool = relu, pool
+        self.rows_per_task = plan.rows_per_task
+        self.slab_size = plan.slab_size
+        _table(plan.row_src, "row_src", -1, self.x_shape[2], &self.row_src)
+        _table(plan.col_src, "col_src", -1, self.x_shape[3], &self.col_src)
+        _table(plan.col_inner, "col_inner", -(1 << 62), 1 << 62, &self.col_inner)
+        if (self.rows_per_task < 1  # checked first: it divides next
+                or self.row_src.shape[0]
+                < (self.out_h + self.rows_per_task - 1) // self.rows_per_task
+                or self.col_inner.shape[0] != self.col_src.shape[0]):
+            raise ValueError(f"{type(self).__name__}: the plan's slab tables do not fit the call")
         return 0
 
     cdef int _x_view(self, object x, _Arg *view) except -1:
@@ -235,27 +253,23 @@ cdef class GemmCall(_KernelCall):
     """A planned conv2d call on the GEMM kernel (_gemm_forward): the plan (_conv_plan.ConvPlan)
     and the call's scalars. Weight is (F, C/G, KH, KW) C-contiguous (any shape of that size),
     bias (F,) or None."""
-    cdef _Arg row_src, col_src, col_inner, b_offset
-    cdef Py_ssize_t groups, per_group, depth, inplace_blocks, kh, kw, stride_w, out_h, out_w
-    cdef Py_ssize_t rows_per_task, channels_per_chunk, fblocks_per_task, slab_size, stage_pitch
+    cdef _Arg b_offset
+    cdef Py_ssize_t groups, per_group, depth, inplace_blocks, kh, kw, stride_w
+    cdef Py_ssize_t channels_per_chunk, fblocks_per_task, stage_pitch
     cdef Py_ssize_t wrap, packed_size, packed_bias_size
-    cdef bint relu, pointwise
-    cdef Py_ssize_t pool
+    cdef bint pointwise
 
     def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, bint channels_last,
                  Py_ssize_t groups, Py_ssize_t per_group, kernel, Py_ssize_t stride_w,
                  out_hw, bint relu, Py_ssize_t pool, bint pointwise, workspace):
-        self._setup(plan, dtype, x_shape, out_shape, channels_last, plan.scratch_per_thread,
+        self._setup(plan, dtype, x_shape, out_shape, channels_last, out_hw, relu, pool,
                     workspace)
         cdef Py_ssize_t nr
         self.groups, self.per_group = groups, per_group
         self.kh, self.kw = kernel
-        self.out_h, self.out_w = out_hw
-        self.stride_w, self.relu, self.pool, self.pointwise = stride_w, relu, pool, pointwise
-        self.rows_per_task = plan.rows_per_task
+        self.stride_w, self.pointwise = stride_w, pointwise
         self.channels_per_chunk = plan.channels_per_chunk
         self.fblocks_per_task = plan.fblocks_per_task
-        self.slab_size = plan.slab_size
         self.stage_pitch = plan.stage_pitch
         self.inplace_blocks = plan.inplace_blocks
         self.wrap = plan.wrap
@@ -267,9 +281,6 @@ cdef class GemmCall(_KernelCall):
         self.depth = channels // groups * self.kh * self.kw
         self.packed_size, self.packed_bias_size = packed_sizes(groups, per_group, self.depth,
                                                                self.inplace_blocks)
-        _table(plan.row_src, "row_src", -1, self.x_shape[2], &self.row_src)
-        _table(plan.col_src, "col_src", -1, self.x_shape[3], &self.col_src)
-        _table(plan.col_inner, "col_inner", -(1 << 62), 1 << 62, &self.col_inner)
         pitch = self.col_src.shape[1]
         slab_channel = self.row_src.shape[1] * pitch * self.col_src.shape[0]
         _table(plan.b_offset, "b_offset", 0, self.slab_size - self.stage_pitch + 1,
@@ -278,10 +289,7 @@ cdef class GemmCall(_KernelCall):
             nr = FC_ROW_NR_F32 if per_group == 1 else FC_NR_F32
         else:
             nr = FC_ROW_NR_F64 if per_group == 1 else FC_NR_F64
-        row_blocks = (self.out_h + self.rows_per_task - 1) // self.rows_per_task
         if (self.stage_pitch < self.rows_per_task * pitch or self.stage_pitch % nr
-                or self.row_src.shape[0] < row_blocks
-                or self.col_inner.shape[0] != self.col_src.shape[0]
                 or self.b_offset.shape[0] < self.channels_per_chunk * self.kh * self.kw
                 or self.wrap < 0
                 or self.slab_size < self.channels_per_chunk * slab_channel + self.wrap
@@ -294,19 +302,19 @@ cdef class GemmCall(_KernelCall):
                    else self.out_h * self.out_w)):
             raise ValueError("GemmCall: the plan does not fit the call")
 
-    cdef Py_ssize_t _shared_scratch(self, bint packed_here):
-        if not packed_here:
-            return 0
-        # Panels and bias, each starting on a cache line.
+    cdef Py_ssize_t _panels_span(self):
+        """Scratch elements of the packed panels, rounded up to a cache line (the packed bias
+        follows them)."""
         cdef Py_ssize_t line = SCRATCH_ALIGN // self.itemsize
-        return ((self.packed_size + line - 1) // line
-                + (self.packed_bias_size + line - 1) // line) * line
+        return (self.packed_size + line - 1) // line * line
+
+    cdef Py_ssize_t _shared_scratch(self, bint packed_here):
+        return self._panels_span() + self.packed_bias_size if packed_here else 0
 
     cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
                   bint packed_here, object packed, object packed_bias, int threads) except -1:
         cdef _Arg wv, bv, pv, pbv
         cdef Py_ssize_t n_filters = self.groups * self.per_group
-        cdef Py_ssize_t line = SCRATCH_ALIGN // self.itemsize
         cdef char *panels
         cdef char *panel_bias
         _arg(weight, "weight", self.typenum, -1, False, True, &wv)
@@ -320,7 +328,7 @@ cdef class GemmCall(_KernelCall):
                 if bv.shape[0] != n_filters:
                     raise ValueError(f"bias: {bv.shape[0]} elements, not {n_filters}")
             panels = scratch + threads * self.scratch_per_thread * self.itemsize
-            panel_bias = panels + ((self.packed_size + line - 1) // line) * line * self.itemsize
+            panel_bias = panels + self._panels_span() * self.itemsize
             with nogil:
                 if self.typenum == cnp.NPY_FLOAT32:
                     _pack_filters(<const float *>wv.data, self.groups, self.per_group,
@@ -364,36 +372,23 @@ cdef class DepthwiseCall(_KernelCall):
     """A planned conv2d call on the depthwise kernel (_depthwise_forward): the plan
     (_conv_plan.DepthwisePlan) and the call's scalars. Weight is (C * M, 1, KH, KW)
     C-contiguous (any shape of that size), bias (C * M,) or None."""
-    cdef _Arg row_src, col_src, col_inner, tap_offset
-    cdef Py_ssize_t multiplier, taps, stride_h, stride_w, out_h, out_w
-    cdef Py_ssize_t rows_per_task, groups_per_task, stage_row, slab_size
-    cdef bint relu
-    cdef Py_ssize_t pool
+    cdef _Arg tap_offset
+    cdef Py_ssize_t multiplier, taps, stride_h, stride_w, groups_per_task, stage_row
 
     def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, bint channels_last,
                  Py_ssize_t multiplier, kernel, stride, out_hw, bint relu, Py_ssize_t pool,
                  workspace):
-        self._setup(plan, dtype, x_shape, out_shape, channels_last, plan.scratch_per_thread,
+        self._setup(plan, dtype, x_shape, out_shape, channels_last, out_hw, relu, pool,
                     workspace)
         kh, kw = kernel
         self.taps = kh * kw
         self.multiplier = multiplier
         self.stride_h, self.stride_w = stride
-        self.out_h, self.out_w = out_hw
-        self.relu, self.pool = relu, pool
-        self.rows_per_task = plan.rows_per_task
         self.groups_per_task = plan.groups_per_task
         self.stage_row = plan.stage_row
-        self.slab_size = plan.slab_size
-        _table(plan.row_src, "row_src", -1, self.x_shape[2], &self.row_src)
-        _table(plan.col_src, "col_src", -1, self.x_shape[3], &self.col_src)
-        _table(plan.col_inner, "col_inner", -(1 << 62), 1 << 62, &self.col_inner)
         _table(plan.tap_offset, "tap_offset", 0, self.slab_size, &self.tap_offset)
         cdef Py_ssize_t channels = self.x_shape[1]
-        row_blocks = (self.out_h + self.rows_per_task - 1) // self.rows_per_task
         if (multiplier < 1 or self.tap_offset.shape[0] < self.taps
-                or self.row_src.shape[0] < row_blocks
-                or self.col_inner.shape[0] != self.col_src.shape[0]
                 or self.groups_per_task < 1 or self.stage_row < self.out_w
                 or self.slab_size < self.groups_per_task * self.col_src.shape[0]
                 * self.row_src.shape[1] * self.col_src.shape[1]

@@ -1,8 +1,9 @@
 """2-D convolution (cross-correlation, as CNN libraries define it) over NumPy arrays.
 
-The public functions validate and normalise their arguments, resolve padding into index maps,
-pack the weights for the micro-kernel and hand trusted arrays to the compiled kernel
-(``_conv_<isa>.pyx``, chosen at import for this CPU).
+The public functions validate and normalise their arguments, plan the call (index maps and
+work split, ``_conv_plan``) into a compiled planned call (``_conv_<isa>.pyx``, chosen at
+import for this CPU; see ``_conv_call.pxi``) and run it with trusted arrays. A repeated call
+with plain arrays goes straight to the planned call, in C.
 """
 
 from __future__ import annotations
@@ -235,16 +236,9 @@ class _ConvCall(NamedTuple):
     dtype: np.dtype
     shape: tuple            # of the result
     kernel_shape: tuple     # the result as the kernel writes it: (N, F, P) or (N, P, F)
-    unbatched: bool
     channels_last: bool
     copy_x: bool            # x's strides are not whole elements, or x is misaligned
-    groups: int
-    kernel: tuple           # (KH, KW)
-    stride: tuple
-    pads: tuple
-    out_hw: tuple           # the convolution's (OH, OW), before fused pooling
     relu: bool
-    pool: int
     path: str               # "empty", "bias" (no input channels), "depthwise" or "gemm"
     runner: object          # the planned kernel call (_kernels.GemmCall or DepthwiseCall)
     direct: bool            # x, weight and bias go to the kernel as they are (no conversion)
@@ -459,9 +453,8 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             workspace=_workspace)
     direct = all(a.dtype == dtype and a.dtype.isnative and (a is x or a.flags.c_contiguous)
                  and a.flags.aligned for a, _ in arrays) and not copy_x
-    call = _ConvCall(dtype, shape, kernel_shape, unbatched, channels_last, copy_x, groups,
-                     (kh, kw), (sh, sw), pads, (out_h, out_w), activation == "relu", pool, path,
-                     runner, direct and runner is not None)
+    call = _ConvCall(dtype, shape, kernel_shape, channels_last, copy_x, activation == "relu",
+                     path, runner, direct and runner is not None)
     return call, x, weight, bias
 
 
