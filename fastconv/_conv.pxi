@@ -20,6 +20,10 @@ from cython cimport floating
 
 cnp.import_array()
 
+# A chunk's slab at most this big is swept once per block of filters (see _gemm_task).
+cdef enum:
+    L1_SLAB_BYTES = 16 * 1024
+
 
 cdef extern from "_conv_microkernel.h" nogil:
     enum:
@@ -409,28 +413,65 @@ ctypedef struct _GemmJob:
     bint direct, one_filter, relu, channels_last
 
 
+cdef inline (const floating *, const Py_ssize_t *) _tile_input(
+        const _GemmJob *job, const floating *x_chunk, floating *slab, Py_ssize_t oh0,
+        Py_ssize_t tiles_end, Py_ssize_t j0) noexcept nogil:
+    """Where the tile at pixel j0 reads its reduction rows: x itself (direct, whole tiles)
+    or the slab."""
+    if j0 < tiles_end:
+        return x_chunk + oh0 * job.sh + j0, job.x_offsets
+    return slab + j0, job.offsets
+
+
+cdef inline void _gemm_tile(
+        const _GemmJob *job, const floating *x_chunk, floating *slab, floating *stage,
+        Py_ssize_t g, Py_ssize_t fb, Py_ssize_t fb0, Py_ssize_t c0, Py_ssize_t cc,
+        Py_ssize_t oh0, Py_ssize_t q_len, Py_ssize_t tiles_end, Py_ssize_t j0,
+        bint relu) noexcept nogil:
+    """One micro-kernel call of _gemm_task: block fb of MR filters x the tile at pixel j0,
+    over channels c0 .. c0 + cc, into the staged tile."""
+    cdef const floating *filters = <const floating *>job.filters
+    cdef const floating *packed = <const floating *>job.packed
+    cdef const floating *packed_bias = <const floating *>job.packed_bias
+    cdef Py_ssize_t depth = job.depth, taps = job.taps, nr = job.nr
+    cdef Py_ssize_t lanes = nr // FC_NV
+    cdef const floating *b
+    cdef const Py_ssize_t *b_rows
+    b, b_rows = _tile_input(job, x_chunk, slab, oh0, tiles_end, j0)
+    # The band's last tile: only the vectors that hold its pixels.
+    cdef int nv = FC_NV if j0 + nr <= q_len else <int>((q_len - j0 + lanes - 1) // lanes)
+    cdef const floating *bias_ptr = (packed_bias + (g * job.fblocks + fb) * FC_MR
+                                     if c0 == 0 else NULL)
+    cdef floating *c = stage + (fb - fb0) * FC_MR * job.stage_pitch + j0
+    if fb < job.inplace_blocks:
+        _microkernel_rows(cc * taps,
+                          filters + (g * job.filters_per_group + fb * FC_MR) * depth
+                          + c0 * taps,
+                          depth, b, b_rows, c, job.stage_pitch, bias_ptr, relu, nv)
+    else:
+        _microkernel(cc * taps,
+                     packed + ((g * job.packed_blocks + fb - job.inplace_blocks) * depth
+                               + c0 * taps) * FC_MR,
+                     b, b_rows, c, job.stage_pitch, bias_ptr, relu, nv)
+
+
 cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                      floating *stage) noexcept nogil:
     """One task of _gemm_forward: a band of output rows of one image and group, for a chunk
     of filter blocks, into the thread's slab and staged tile."""
     cdef const floating *x_data = <const floating *>job.x
     cdef const floating *filters = <const floating *>job.filters
-    cdef const floating *packed = <const floating *>job.packed
     cdef const floating *packed_bias = <const floating *>job.packed_bias
     cdef Py_ssize_t row_blocks = job.row_blocks, fchunks = job.fchunks, groups = job.groups
     cdef Py_ssize_t in_per_group = job.in_per_group, depth = job.depth, taps = job.taps
     cdef Py_ssize_t sn = job.sn, sc = job.sc, sh = job.sh
-    cdef Py_ssize_t nr = job.nr, fblocks = job.fblocks, stage_pitch = job.stage_pitch
-    cdef Py_ssize_t inplace_blocks = job.inplace_blocks
-    cdef Py_ssize_t filters_per_group = job.filters_per_group
+    cdef Py_ssize_t nr = job.nr, fblocks = job.fblocks
     cdef bint relu = job.relu
     cdef Py_ssize_t n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0, k, tiles_end
     cdef Py_ssize_t f_local
-    cdef Py_ssize_t lanes = nr // FC_NV
-    cdef int nv
     cdef const floating *b
     cdef const Py_ssize_t *b_rows
-    cdef const floating *bias_ptr
+    cdef const floating *x_chunk
     cdef bint last
     rb = task % row_blocks
     fc = (task // row_blocks) % fchunks
@@ -444,61 +485,53 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     c0 = 0
     while c0 < in_per_group:
         cc = min(job.channels_per_chunk, in_per_group - c0)
+        x_chunk = x_data + n * sn + (g * in_per_group + c0) * sc
         last = c0 + cc == in_per_group
         tiles_end = 0
         if job.direct:
             tiles_end = q_len - q_len % nr
             for k in range(cc):  # the partial tile's columns, into the slab
                 _copy(slab + k * job.slab_channel + tiles_end,
-                      x_data + n * sn + (g * in_per_group + c0 + k) * sc + oh0 * sh
-                      + tiles_end, q_len - tiles_end)
+                      x_chunk + k * sc + oh0 * sh + tiles_end, q_len - tiles_end)
         else:
-            _fill_slab(x_data + n * sn + (g * in_per_group + c0) * sc, sc, sh, job.sw, cc,
+            _fill_slab(x_chunk, sc, sh, job.sw, cc,
                        job.bands + rb * job.slab_rows, job.slab_rows, job.col_src,
                        job.col_inner, job.stride_w, job.phases, job.pitch, slab)
             if job.wrap:  # the right padding read past the last row (_conv_plan._column_maps)
                 memset(slab + cc * job.slab_channel, 0, job.wrap * sizeof(floating))
-        j0 = 0
-        while j0 < q_len:
-            if j0 < tiles_end:
-                b = x_data + n * sn + (g * in_per_group + c0) * sc + oh0 * sh + j0
-                b_rows = job.x_offsets
-            else:
-                b = slab + j0
-                b_rows = job.offsets
-            # The band's last tile: only the vectors that hold its pixels.
-            nv = FC_NV if j0 + nr <= q_len else <int>((q_len - j0 + lanes - 1) // lanes)
-            if job.one_filter:
+        if job.one_filter:
+            j0 = 0
+            while j0 < q_len:
+                b, b_rows = _tile_input(job, x_chunk, slab, oh0, tiles_end, j0)
                 _microkernel_row(cc * taps, filters + g * depth + c0 * taps, b, b_rows,
                                  stage + j0,
                                  packed_bias + g * fblocks * FC_MR if c0 == 0 else NULL,
                                  relu and last)
                 j0 = j0 + nr
-                continue
+        elif cc * job.slab_channel * <Py_ssize_t>sizeof(floating) <= L1_SLAB_BYTES:
+            # The chunk's slab fits L1 next to one block's weights: sweep the band once per
+            # block of filters, and each block's weights stay in L1 (deep, small maps).
             for fb in range(fb0, fb1):
-                bias_ptr = (packed_bias + g * fblocks * FC_MR + fb * FC_MR
-                            if c0 == 0 else NULL)
-                if fb < inplace_blocks:
-                    _microkernel_rows(cc * taps,
-                                      filters + (g * filters_per_group + fb * FC_MR) * depth
-                                      + c0 * taps,
-                                      depth, b, b_rows,
-                                      stage + (fb - fb0) * FC_MR * stage_pitch + j0,
-                                      stage_pitch, bias_ptr, relu and last, nv)
-                else:
-                    _microkernel(cc * taps,
-                                 packed + ((g * job.packed_blocks + fb - inplace_blocks) * depth
-                                           + c0 * taps) * FC_MR,
-                                 b, b_rows,
-                                 stage + (fb - fb0) * FC_MR * stage_pitch + j0,
-                                 stage_pitch, bias_ptr, relu and last, nv)
-            j0 = j0 + nr
+                j0 = 0
+                while j0 < q_len:
+                    _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, q_len,
+                               tiles_end, j0, relu and last)
+                    j0 = j0 + nr
+        else:
+            # Per tile of pixels, every block of filters: the tile's input window stays in L1.
+            j0 = 0
+            while j0 < q_len:
+                for fb in range(fb0, fb1):
+                    _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, q_len,
+                               tiles_end, j0, relu and last)
+                j0 = j0 + nr
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.
     f_local = fb0 * FC_MR
-    _copy_out(stage, stage_pitch, job.pitch, min(fb1 * FC_MR, filters_per_group) - f_local,
+    _copy_out(stage, job.stage_pitch, job.pitch,
+              min(fb1 * FC_MR, job.filters_per_group) - f_local,
               rows, oh0, <floating *>job.out + n * job.n_filters * job.pooled_pixels,
-              g * filters_per_group + f_local, job.n_filters, job.out_h, job.out_w,
+              g * job.filters_per_group + f_local, job.n_filters, job.out_h, job.out_w,
               job.channels_last, job.pool)
 
 

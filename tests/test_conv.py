@@ -293,6 +293,9 @@ LARGER = [
     dict(n=1, c=96, h=6, w=7, f=33, kernel=(3, 3), padding=1, activation="relu"),  # depth 864
     dict(n=2, c=300, h=5, w=5, f=10, kernel=(1, 1), padding=0, activation="relu"),
     dict(n=1, c=40, h=8, w=8, f=24, kernel=(5, 5), padding=2, groups=4, activation="relu"),
+    # Slab of a few KiB: swept once per block of filters (the loop order for small maps),
+    # over five chunks of input channels, with a partial last tile.
+    dict(n=2, c=120, h=6, w=5, f=44, kernel=(3, 3), padding=1),
 ]
 
 
