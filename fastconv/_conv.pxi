@@ -404,7 +404,7 @@ ctypedef struct _GemmJob:
     const Py_ssize_t *col_inner
     const Py_ssize_t *offsets
     const Py_ssize_t *x_offsets
-    Py_ssize_t stride_w, phases, pitch, slab_channel
+    Py_ssize_t stride_w, phases, pitch, slab_channel  # slab_channel: slab_rows * pitch
     Py_ssize_t in_per_group, channels_per_chunk
     Py_ssize_t row_blocks, rows_per_task, out_h, out_w
     Py_ssize_t groups, filters_per_group, n_filters
@@ -508,7 +508,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                                  packed_bias + g * fblocks * FC_MR if c0 == 0 else NULL,
                                  relu and last)
                 j0 = j0 + nr
-        elif cc * job.slab_channel * <Py_ssize_t>sizeof(floating) <= L1_SLAB_BYTES:
+        elif cc * job.phases * job.slab_channel * <Py_ssize_t>sizeof(floating) <= L1_SLAB_BYTES:
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
             # block of filters, and each block's weights stay in L1 (deep, small maps).
             for fb in range(fb0, fb1):
