@@ -147,7 +147,7 @@ def test_large_non_contiguous_and_converted_inputs():
 
 
 def test_large_out_of_place_uses_streaming_stores_correctly():
-    # >= 64 MiB out of place: non-temporal stores after an unaligned head
+    # >= 16 MiB out of place: non-temporal stores after an unaligned head
     rng = np.random.default_rng(10)
     x = rng.standard_normal(8_400_011)
     x[::1001] = np.nan
