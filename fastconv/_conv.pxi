@@ -2,7 +2,7 @@
 #
 # conv2d runs as an implicit GEMM without im2col. A task owns a band of output rows of one
 # image and a chunk of filters. For each chunk of input channels it copies the input rows its
-# band needs into a thread-local *slab*, one row per (channel, kh, output row), padded
+# band needs into a thread-local *slab* (rows in blocks laid out by _conv_plan), padded
 # (every padding mode), and with columns split by stride phase. In that slab the taps of
 # (c, kh, kw) for consecutive output pixels are consecutive, so the micro-kernel
 # (_conv_microkernel.h) reads each reduction row r = (c, kh, kw) as a plain window at a fixed

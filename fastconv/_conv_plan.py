@@ -86,8 +86,11 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap = _column_maps(
         width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=True)
 
+    bases, tap_block, tap_step = _row_classes(kh, sh, dh)
+    extra_rows = [int(tap_step[tap_block == k].max()) for k in range(len(bases))]
+
     def slab_rows_of(rows):
-        return rows + (kh - 1) * dh if sh == 1 else kh * rows
+        return len(bases) * rows + sum(extra_rows)
 
     rows, fblocks_per_task = _split_tasks(
         out_h=out_h, out_w=out_w, pitch=pitch, nr=nr, lanes=lanes, mr=mr,
@@ -97,19 +100,24 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
         row_multiple=row_multiple)
     row_blocks = -(-out_h // rows)
 
-    # Slab rows of each band of output rows, and where tap kh starts among them.
+    # Slab rows of each band of output rows in blocks (see _row_classes): block k holds padded
+    # rows (band + t) * sh + bases[k] for t < rows + extra_rows[k], and tap kh of output
+    # row r reads its block at row r + its step.
     bands = np.arange(row_blocks)[:, None] * rows
-    if sh == 1:
-        slab_rows = rows + (kh - 1) * dh
-        padded_rows = bands + np.arange(slab_rows)[None, :]
-        kh_start = np.arange(kh) * dh
-        usable = padded_rows < out_h + (kh - 1) * dh
-    else:
-        slab_rows = kh * rows
-        tap, row = np.divmod(np.arange(slab_rows), rows)
-        padded_rows = (bands + row[None, :]) * sh + tap[None, :] * dh
-        kh_start = np.arange(kh) * rows
-        usable = (bands + row[None, :]) < out_h
+    block_start = np.cumsum([0] + [rows + extra for extra in extra_rows])
+    slab_rows = int(block_start[-1])
+    kh_start = block_start[tap_block] + tap_step
+    slab_row_index = np.arange(slab_rows)
+    block = np.searchsorted(block_start, slab_row_index, side="right") - 1
+    t = slab_row_index - block_start[block]
+    padded_rows = (bands + t[None, :]) * sh + bases[block][None, :]
+    # A slab row is copied only if a valid output row of the band reads it (rows past the
+    # output need not be valid input positions, e.g. for reflect).
+    usable = np.zeros((row_blocks, slab_rows), dtype=bool)
+    for i in range(kh):
+        reader = t - tap_step[i]  # the band's output row that reads slab row t with tap i
+        reads = (block == tap_block[i]) & (reader >= 0) & (reader < rows)
+        usable |= reads[None, :] & (bands + reader[None, :] < out_h)
     mapped = source_index(padded_rows - top, height, padding_mode)
     row_src = np.ascontiguousarray(np.where(usable, mapped, -1), dtype=np.intp)
 
@@ -129,6 +137,25 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
                     slab_size, stage_pitch, slab_size + fblocks_per_task * mr * stage_pitch,
                     inplace_blocks(per_group, in_per_group * kh * kw, mr), wrap)
+
+
+def _row_classes(kh, sh, dh):
+    """The slab's blocks of rows: ``(bases, tap_block, tap_step)``; tap i of output row r
+    reads padded row ``r * sh + bases[tap_block[i]] + tap_step[i] * sh``, found in block
+    ``tap_block[i]`` at row r + ``tap_step[i]``.
+
+    The kernel's rows are grouped by the residue of their offset modulo the row stride: the
+    taps of one residue read one sequence of rows, each a step further, so one block per
+    residue copies every input row once (stride 1: one block, the band's padded rows; 7x7
+    with stride 2: 2 rows per 2 output rows + 5, not 7 per output row). Where fewer than two
+    taps share a residue on average (3x3 with stride 2), each tap gets its own block instead:
+    measured 1-3% faster there, though the fill copies some rows twice (7x7 and 5x5 with
+    stride 2 and 32-64 channels ran 8-15% faster with the shared blocks)."""
+    offsets = np.arange(kh) * dh
+    residues = np.unique(offsets % sh)
+    if sh > 1 and 2 * len(residues) > kh:
+        return offsets, np.arange(kh), np.zeros(kh, dtype=np.intp)
+    return residues, np.searchsorted(residues, offsets % sh), offsets // sh
 
 
 def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=False):

@@ -1129,6 +1129,38 @@ def test_against_torch_same_padding(kernel, dilation, assert_within_tolerance):
                             c=2 * TOL_C)
 
 
+@pytest.mark.parametrize("kh, stride, dilation, slab_rows_per_band", [
+    (7, 2, 1, lambda r: 2 * r + 5),    # rows shared by taps of one residue: each copied once
+    (5, 2, 1, lambda r: 2 * r + 3),
+    (3, 2, 2, lambda r: r + 2),        # all taps on even rows: one block
+    (3, 1, 1, lambda r: r + 2),        # stride 1: the band's padded rows
+    (3, 2, 1, lambda r: 3 * r),        # 3x3 stride 2: a block per kernel row
+    (5, 3, 1, lambda r: 5 * r),
+])
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_slab_rows_hold_every_tap_row(kh, stride, dilation, slab_rows_per_band, padding_mode):
+    """Each valid output row r of a band finds, for tap i, the padded input row
+    r * stride + i * dilation at slab row kh_start[i] + r (the micro-kernel's addressing)."""
+    from fastconv import _conv_plan
+
+    height, top = 23, 3
+    out_h = (height + 2 * top - dilation * (kh - 1) - 1) // stride + 1
+    plan = _conv_plan.plan(
+        n_images=1, groups=1, in_per_group=8, per_group=8, height=height, width=9,
+        out_h=out_h, out_w=9, kernel=(kh, 1), stride=(stride, 1), dilation=(dilation, 1),
+        pads=(top, top, 0, 0), padding_mode=padding_mode, mr=4, nr=24, lanes=8, itemsize=4)
+    rows = plan.rows_per_task
+    assert plan.row_src.shape[1] == slab_rows_per_band(rows)
+    taps = plan.b_offset[:kh] // plan.col_src.shape[1]  # channel 0, one phase: slab rows
+    for band, row_src in enumerate(plan.row_src):
+        for r in range(min(rows, out_h - band * rows)):
+            for i in range(kh):
+                padded = (band * rows + r) * stride + i * dilation
+                expected = _conv_plan.source_index(np.array([padded - top]), height,
+                                                   padding_mode)[0]
+                assert row_src[taps[i] + r] == expected, (band, r, i)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape, groups", [((16, 3, 3, 3), 1), ((19, 5, 3, 1), 1),
                                            ((24, 8, 1, 1), 3), ((8, 1, 5, 5), 2),
