@@ -147,10 +147,11 @@ def _row_classes(kh, sh, dh):
     The kernel's rows are grouped by the residue of their offset modulo the row stride: the
     taps of one residue read one sequence of rows, each a step further, so one block per
     residue copies every input row once (stride 1: one block, the band's padded rows; 7x7
-    with stride 2: 2 rows per 2 output rows + 5, not 7 per output row; 5x5 and 7x7 layers
-    with stride 2 and 32-64 channels ran 6-11% faster so). Where fewer than two taps share a
-    residue on average (3x3 with stride 2), each tap keeps its own block: shared blocks saved
-    fill there but measured no faster, and led the split model to a slower split."""
+    with stride 2: 2 slab rows per output row plus 5, not 7 per output row; 5x5 and 7x7
+    layers with stride 2 and 32-64 channels ran 6-11% faster so). Where fewer than two taps
+    share a residue on average (3x3 with stride 2), each tap keeps its own block: shared
+    blocks saved fill there but measured no faster, and led the split model to a slower
+    split."""
     offsets = np.arange(kh) * dh
     residues = np.unique(offsets % sh)
     if sh > 1 and 2 * len(residues) > kh:
