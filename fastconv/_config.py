@@ -41,10 +41,10 @@ def load_kernels(family):
     """The kernel module of ``family`` (e.g. "conv") built for the selected ISA level."""
     for level in ISA_LEVELS[ISA_LEVELS.index(SELECTED_ISA):]:
         try:
-            return importlib.import_module(f"fastconv._{family}_{level}")
+            return importlib.import_module(f"{__package__}._{family}_{level}")
         except ImportError:  # e.g. off x86 only the baseline level is built
             continue
-    raise ImportError(f"no compiled kernels for fastconv._{family}_*; was the package built?")
+    raise ImportError(f"no compiled kernels for {__package__}._{family}_*; was the package built?")
 
 
 def show_config(file=None):

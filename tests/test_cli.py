@@ -486,6 +486,25 @@ def test_peak_probe_counts_its_operations():
     assert _bench.peak_gflops("float32", 1) > 0
 
 
+def test_kernels_load_from_their_own_package(tmp_path):
+    """A copy of the package under another name (vendored, or an older build kept for an A/B
+    run) uses its own compiled kernels, not those of the installed fastconv."""
+    copy = tmp_path / "fastconv_copy"
+    shutil.copytree(Path(fastconv.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html"))
+    script = ("import sys, numpy as np, fastconv_copy\n"
+              "from fastconv_copy import conv, pool, activation\n"
+              "names = [m._kernels.__name__ for m in (conv, pool, activation)]\n"
+              "assert all(n.startswith('fastconv_copy._') for n in names), names\n"
+              "assert 'fastconv' not in sys.modules, sorted(sys.modules)\n"
+              "x = np.arange(16.0).reshape(1, 1, 4, 4)\n"
+              "print(fastconv_copy.conv2d(x, np.ones((1, 1, 2, 2))).sum())\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == 270.0
+
+
 def test_peak_can_be_set(monkeypatch):
     monkeypatch.setenv("FASTCONV_PEAK_GFLOPS", "400")
     assert _bench.peak_gflops("float32", _bench.PEAK_CORES) == 400
