@@ -133,6 +133,8 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     b_offset = np.ascontiguousarray(b_offset.ravel(), dtype=np.intp)
     stage_pitch = -(-rows * pitch // nr) * nr
     slab_size = max(channels * slab_row + wrap, int(b_offset.max()) + stage_pitch)
+    if kh == kw == 1:  # room for a band's tile panels (_conv.pxi's _pack_panels)
+        slab_size = max(slab_size, channels * stage_pitch)
     _share(row_src, col_src, col_inner, b_offset)
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
                     slab_size, stage_pitch, slab_size + fblocks_per_task * mr * stage_pitch,
@@ -282,6 +284,19 @@ WEIGHT_COST = 8
 TAIL_GAIN = 0.08
 
 
+def tile_vectors(pixels, lanes, nv):
+    """The vectors of pixels in each tile of a band of ``pixels`` (``_conv.pxi``'s
+    ``_tile_vectors``): ``nv`` each, but the last two share what is left when a whole tile
+    would leave a lone short one (3 + 1 -> 2 + 2)."""
+    rest = -(-pixels // lanes)
+    tiles = []
+    while rest > 0:
+        v = rest if rest <= nv else rest - rest // 2 if rest < 2 * nv else nv
+        tiles.append(v)
+        rest -= v
+    return tiles
+
+
 def _two_thread_makespan(plane_tasks, planes):
     """Time for two threads taking the tasks of ``planes`` planes in order (``plane_tasks``:
     the costs of one plane's tasks), each the next task as soon as it is free (OpenMP's
@@ -313,13 +328,11 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
         last partial one by its vectors, weighted by how well its mr x vectors accumulators
         hide the FMA latency (~8 chains needed), plus each kernel call's fixed cost
         (accumulators in and out, the weight panel streamed in)."""
-        tiles, rest = divmod(band_rows * pitch, nr)
         if not tails:  # the first estimate: whole tiles, arithmetic only
-            return (tiles + (rest > 0)) * nr * mr * depth
-        vectors = -(-rest // lanes)
-        pixels = tiles * nr + (vectors * lanes * max(1.0, 8 / (mr * vectors)) if vectors else 0)
-        calls = tiles + (vectors > 0)
-        return pixels * mr * depth + calls * (KERNEL_CALL_COST + WEIGHT_COST * mr * depth)
+            return -(-band_rows * pitch // nr) * nr * mr * depth
+        tiles = tile_vectors(band_rows * pitch, lanes, nr // lanes)
+        pixels = sum(v * lanes * max(1.0, 8 / (mr * v)) for v in tiles)
+        return pixels * mr * depth + len(tiles) * (KERNEL_CALL_COST + WEIGHT_COST * mr * depth)
 
     def task_cost(band_rows, blocks, tails):
         return (TASK_COST + FILL_ELEMENT_COST * fill_per_row_span * slab_rows_of(band_rows)

@@ -1302,20 +1302,42 @@ def test_cached_calls_tell_apart_byte_order_alignment_and_dtype(rng):
         assert key in conv._CALLS and key not in conv._RUNNERS
 
 
+@pytest.mark.parametrize("nv", [2, 3])
+def test_band_tiles_share_a_short_tail(nv):
+    """The split model's copy of the kernel's tile sequence: whole tiles of nv vectors, and
+    the last two tiles share what is left rather than leave a lone short one."""
+    from fastconv._conv_plan import tile_vectors
+    for vectors in range(1, 40):
+        tiles = tile_vectors(vectors * 8 - 3, 8, nv)
+        assert sum(tiles) == vectors and max(tiles) <= nv
+        assert all(t == nv for t in tiles[:-2])
+        if nv == 3 and vectors >= 2:  # never a lone vector after a whole tile
+            assert tiles[-1] >= 2
+    assert tile_vectors(49, 8, 3) == [3, 2, 2] and tile_vectors(28, 8, 3) == [2, 2]
+
+
 @pytest.mark.parametrize("n, c, h, w, f, groups", [
     (1, 5, 7, 9, 6, 1),      # band lengths that end in a partial tile
     (3, 8, 4, 6, 16, 1),     # whole tiles only
     (2, 6, 5, 5, 3, 3),      # one filter per group (the one-row tile)
     (1, 300, 3, 11, 4, 1),   # more channels than one reduction chunk
+    # Deep chunks (2 x 260 channels at every ISA level): tiles read packed panels, with
+    # bands of 7, 8, 11 and 49 pixels (a lone vector, and tails shared 2 + 2 or 3 + 2)
+    (2, 520, 7, 7, 10, 1),
+    (1, 520, 2, 4, 64, 1),
+    (1, 520, 11, 1, 9, 1),
+    (3, 520, 5, 9, 36, 2),
 ])
-def test_pointwise_reads_x_in_place(rng, n, c, h, w, f, groups):
-    """1x1, stride 1, no padding: whole tiles read x's rows directly; views whose rows are
-    not contiguous, and NHWC, take the slab; every result exact."""
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_pointwise_reads_x_in_place(rng, n, c, h, w, f, groups, dtype):
+    """1x1, stride 1, no padding: whole tiles read x's rows directly (or, deep, packed
+    panels of them); views whose rows are not contiguous, and NHWC, take the slab; every
+    result exact."""
     x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=(1, 1), groups=groups,
-                               integer=True)
-    expected = conv2d_reference(x, weight, b, groups=groups).astype(np.float32)
+                               integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, groups=groups).astype(dtype)
     assert_array_equal(fastconv.conv2d(x, weight, b, groups=groups), expected)
-    wide = np.zeros((n, c, h, w + 3), np.float32)
+    wide = np.zeros((n, c, h, w + 3), dtype)
     wide[..., :w] = x
     assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, groups=groups), expected)
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
