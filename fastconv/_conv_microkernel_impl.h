@@ -26,6 +26,10 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
                 acc[i][v] = *(const FC_VU *)(c + i * ldc + v * FC_LANES);
         }
     }
+    /* Two reduction steps per iteration: measured 2-7% faster over 16 layers, float32 and
+     * float64, 2 threads (interleaved, median of 3-5 runs); 4 steps no better. Each
+     * accumulator still sums in the order of r, so results do not change. */
+#pragma GCC unroll 2
     for (Py_ssize_t r = 0; r < depth; r++) {
         FC_V bv[FC_NV];
 #pragma GCC unroll 4
