@@ -110,6 +110,7 @@ static inline void FC_NAME(fc_microkernel_row)(
         if (bias) acc[v] = (FC_V){0} + bias[0];
         else acc[v] = *(const FC_VU *)(c + v * FC_LANES);
     }
+#pragma GCC unroll 2  /* as in fc_microkernel_body */
     for (Py_ssize_t r = 0; r < depth; r++) {
         const FC_T w = a[r];
         const FC_T *br = b + b_offset[r];
@@ -138,6 +139,7 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_stencil_tile)(
     FC_V acc[2][FC_ROW_NV];
     for (int i = 0; i < n_rows; i++)
         for (int v = 0; v < n_vec; v++) acc[i][v] = (FC_V){0} + bias;
+#pragma GCC unroll 2  /* measured, relative to none: 7x7 depthwise 0.90, 3x3 0.98 */
     for (Py_ssize_t r = 0; r < taps; r++) {
         const FC_T wr = w[r];
         const FC_T *br = b + b_offset[r];
