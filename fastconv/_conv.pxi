@@ -665,7 +665,7 @@ cdef int _gemm_forward(
     # Unless a tile's rows in x, one line more than their width each, would miss L1 (deep
     # chunks): then each tile's rows are packed into a contiguous panel (_pack_panels) that
     # serves all the task's filters. Measured, 2 threads, interleaved: 7x7 and 14x14 layers
-    # of 256+ channels 13-18% faster (median of 5 runs).
+    # of 256+ channels 11-19% faster (median of 5 runs).
     cdef Py_ssize_t lanes = FC_LANES_F32 if floating is float else FC_LANES_F64
     cdef bint panels = (direct and not one_filter
                         and channels_per_chunk * (nr * sizeof(floating) + 64) > L1_SLAB_BYTES
