@@ -67,6 +67,12 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_microkernel_rows_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
                                  const double *b, const Py_ssize_t *b_offset, double *c,
                                  Py_ssize_t ldc, const double *bias, int relu, int nv)
+    void fc_microkernel_rows2_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
+                                  const float *b, const Py_ssize_t *b_offset, float *c,
+                                  Py_ssize_t ldc, const float *bias, int relu)
+    void fc_microkernel_rows2_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
+                                  const double *b, const Py_ssize_t *b_offset, double *c,
+                                  Py_ssize_t ldc, const double *bias, int relu)
     void fc_microkernel_row_f32(Py_ssize_t depth, const float *a, const float *b,
                                 const Py_ssize_t *b_offset, float *c, const float *bias, int relu)
     void fc_microkernel_row_f64(Py_ssize_t depth, const double *a, const double *b,
@@ -196,6 +202,16 @@ cdef inline void _microkernel_rows(Py_ssize_t depth, const floating *a, Py_ssize
         fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv)
     else:
         fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv)
+
+
+cdef inline void _microkernel_rows2(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
+                                    const floating *b, const Py_ssize_t *b_offset, floating *c,
+                                    Py_ssize_t ldc, const floating *bias,
+                                    bint relu) noexcept nogil:
+    if floating is float:
+        fc_microkernel_rows2_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu)
+    else:
+        fc_microkernel_rows2_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu)
 
 
 cdef inline void _microkernel_row(Py_ssize_t depth, const floating *a, const floating *b,
@@ -481,6 +497,25 @@ cdef inline void _gemm_tile(
                      b, b_rows, c, job.stage_pitch, bias_ptr, relu, nv)
 
 
+cdef inline void _gemm_tile_pair(
+        const _GemmJob *job, const floating *x_chunk, floating *slab, floating *stage,
+        Py_ssize_t g, Py_ssize_t fb, Py_ssize_t fb0, Py_ssize_t c0, Py_ssize_t cc,
+        Py_ssize_t oh0, Py_ssize_t tiles_end, bint relu) noexcept nogil:
+    """As _gemm_tile for blocks fb and fb + 1 (both in place) x a band of one vector."""
+    cdef const floating *filters = <const floating *>job.filters
+    cdef const floating *packed_bias = <const floating *>job.packed_bias
+    cdef const floating *b
+    cdef const Py_ssize_t *b_rows
+    b, b_rows = _tile_input(job, x_chunk, slab, oh0, tiles_end, 0, cc, 1)
+    _microkernel_rows2(cc * job.taps,
+                       filters + (g * job.filters_per_group + fb * FC_MR) * job.depth
+                       + c0 * job.taps,
+                       job.depth, b, b_rows, stage + (fb - fb0) * FC_MR * job.stage_pitch,
+                       job.stage_pitch,
+                       packed_bias + (g * job.fblocks + fb) * FC_MR if c0 == 0 else NULL,
+                       relu)
+
+
 cdef void _pack_panels(
     const floating *x,            # IN  the band's first pixel in the chunk's first channel
     Py_ssize_t sc,                #     channels sc apart, each band a run of q_len pixels
@@ -565,6 +600,19 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                                  packed_bias + g * fblocks * FC_MR if c0 == 0 else NULL,
                                  relu and last)
                 j0 = j0 + nr
+        elif q_len <= lanes:
+            # A band of one vector (tiny maps, a last row of a few pixels): blocks of filters
+            # in pairs where both are read in place, for twice the accumulator chains.
+            fb = fb0
+            while fb < fb1:
+                if fb + 1 < fb1 and fb + 1 < job.inplace_blocks:
+                    _gemm_tile_pair(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0,
+                                    tiles_end, relu and last)
+                    fb = fb + 2
+                else:
+                    _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
+                               0, 1, relu and last)
+                    fb = fb + 1
         elif cc * job.phases * job.slab_channel * <Py_ssize_t>sizeof(floating) <= L1_SLAB_BYTES:
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
             # block of filters, and each block's weights stay in L1 (deep, small maps).

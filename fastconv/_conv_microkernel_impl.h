@@ -98,6 +98,35 @@ static inline void FC_NAME(fc_microkernel_rows)(
     FC_NAME(fc_microkernel_nv)(depth, a, 1, lda, b, b_offset, c, ldc, bias, relu, nv);
 }
 
+/* 2 * FC_MR whole filters in place (two blocks: weight (r, i) at a[i * lda + r]) x one
+ * vector of pixels. A band of a single vector (tiny maps, a last row of a few pixels) takes
+ * its blocks of filters in pairs: FC_MR x 1 accumulators are too few chains to hide the FMA
+ * latency, twice as many are not. Each output sums over r in the same order as above. */
+static inline void FC_NAME(fc_microkernel_rows2)(
+    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
+    const Py_ssize_t *restrict b_offset,
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
+{
+    FC_V acc[2 * FC_MR];
+#pragma GCC unroll 32
+    for (int i = 0; i < 2 * FC_MR; i++) {
+        if (bias) acc[i] = (FC_V){0} + bias[i];
+        else acc[i] = *(const FC_VU *)(c + i * ldc);
+    }
+#pragma GCC unroll 2
+    for (Py_ssize_t r = 0; r < depth; r++) {
+        const FC_V bv = *(const FC_VU *)(b + b_offset[r]);
+#pragma GCC unroll 32
+        for (int i = 0; i < 2 * FC_MR; i++) acc[i] += bv * a[i * lda + r];
+    }
+    const FC_V zero = {0};
+#pragma GCC unroll 32
+    for (int i = 0; i < 2 * FC_MR; i++) {
+        if (relu) acc[i] = (FC_V)((FC_VI)acc[i] & ~(FC_VI)(acc[i] < zero));
+        *(FC_VU *)(c + i * ldc) = acc[i];
+    }
+}
+
 /* One filter (depthwise convolution: one filter per group) x FC_ROW_NV vectors of pixels;
  * the weight of reduction row r is a[r] (the filter's own row). */
 static inline void FC_NAME(fc_microkernel_row)(

@@ -1302,6 +1302,26 @@ def test_cached_calls_tell_apart_byte_order_alignment_and_dtype(rng):
         assert key in conv._CALLS and key not in conv._RUNNERS
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, padding", [
+    (3, 70, 2, 2, 22, (3, 3), 1),      # 2x2 maps: 5 blocks in place (2 pairs + 1), 1 packed
+    (2, 50, 1, 3, 20, (3, 3), 1),      # 1x3: one vector even at 4 lanes
+    (2, 40, 1, 1, 12, (3, 3), 1),      # 1x1: one vector at 2 lanes (baseline float64)
+    (1, 60, 7, 7, 24, (3, 3), 1),      # deep 7x7: a band may be a last row of 8 pixels
+])
+def test_one_vector_bands(rng, n, c, h, w, f, kernel, padding, dtype):
+    """Bands of a single vector of pixels take their blocks of filters in pairs (twice the
+    accumulator chains): exact, with every reduction chunk, bias, ReLU and any thread count."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel, integer=True,
+                               dtype=dtype)
+    expected = conv2d_reference(x, weight, b, padding=padding).astype(dtype)
+    for threads in (1, 3):
+        assert_array_equal(fastconv.conv2d(x, weight, b, padding=padding, num_threads=threads),
+                           expected)
+    assert_array_equal(fastconv.conv2d(x, weight, b, padding=padding, activation="relu"),
+                       np.maximum(expected, 0))
+
+
 @pytest.mark.parametrize("nv", [2, 3])
 def test_band_tiles_share_a_short_tail(nv):
     """The split model's copy of the kernel's tile sequence: whole tiles of nv vectors, and
