@@ -458,9 +458,12 @@ cdef inline int _tile_vectors(Py_ssize_t j0, Py_ssize_t q_len, Py_ssize_t lanes)
     return FC_NV
 
 
-cdef inline Py_ssize_t _last_tile(Py_ssize_t q_len, Py_ssize_t lanes) noexcept nogil:
-    """Where the band's last tile (see _tile_vectors) starts."""
+cdef inline Py_ssize_t _whole_tiles_end(Py_ssize_t q_len, Py_ssize_t lanes) noexcept nogil:
+    """Where the band's tiles (see _tile_vectors) stop lying wholly inside it: q_len, or the
+    start of a last tile whose final vector reaches past it."""
     cdef Py_ssize_t j0 = 0, width
+    if q_len % lanes == 0:
+        return q_len
     while True:
         width = _tile_vectors(j0, q_len, lanes) * lanes
         if j0 + width >= q_len:
@@ -472,9 +475,10 @@ cdef inline void _gemm_tile(
         const _GemmJob *job, const floating *x_chunk, floating *slab, floating *stage,
         Py_ssize_t g, Py_ssize_t fb, Py_ssize_t fb0, Py_ssize_t c0, Py_ssize_t cc,
         Py_ssize_t oh0, Py_ssize_t tiles_end, Py_ssize_t j0, int nv,
-        bint relu) noexcept nogil:
+        bint relu, bint pair) noexcept nogil:
     """One micro-kernel call of _gemm_task: block fb of MR filters x the tile of nv vectors
-    at pixel j0, over channels c0 .. c0 + cc, into the staged tile."""
+    at pixel j0, over channels c0 .. c0 + cc, into the staged tile. pair: blocks fb and
+    fb + 1 (both read in place) x one vector (nv = 1), in one call."""
     cdef const floating *filters = <const floating *>job.filters
     cdef const floating *packed = <const floating *>job.packed
     cdef const floating *packed_bias = <const floating *>job.packed_bias
@@ -485,35 +489,20 @@ cdef inline void _gemm_tile(
     cdef const floating *bias_ptr = (packed_bias + (g * job.fblocks + fb) * FC_MR
                                      if c0 == 0 else NULL)
     cdef floating *c = stage + (fb - fb0) * FC_MR * job.stage_pitch + j0
-    if fb < job.inplace_blocks:
-        _microkernel_rows(cc * taps,
-                          filters + (g * job.filters_per_group + fb * FC_MR) * depth
-                          + c0 * taps,
-                          depth, b, b_rows, c, job.stage_pitch, bias_ptr, relu, nv)
+    # The block's filters in place (valid for fb < inplace_blocks)
+    cdef const floating *in_place = (filters + (g * job.filters_per_group + fb * FC_MR) * depth
+                                     + c0 * taps)
+    if pair:
+        _microkernel_rows2(cc * taps, in_place, depth, b, b_rows, c, job.stage_pitch, bias_ptr,
+                           relu)
+    elif fb < job.inplace_blocks:
+        _microkernel_rows(cc * taps, in_place, depth, b, b_rows, c, job.stage_pitch, bias_ptr,
+                          relu, nv)
     else:
         _microkernel(cc * taps,
                      packed + ((g * job.packed_blocks + fb - job.inplace_blocks) * depth
                                + c0 * taps) * FC_MR,
                      b, b_rows, c, job.stage_pitch, bias_ptr, relu, nv)
-
-
-cdef inline void _gemm_tile_pair(
-        const _GemmJob *job, const floating *x_chunk, floating *slab, floating *stage,
-        Py_ssize_t g, Py_ssize_t fb, Py_ssize_t fb0, Py_ssize_t c0, Py_ssize_t cc,
-        Py_ssize_t oh0, Py_ssize_t tiles_end, bint relu) noexcept nogil:
-    """As _gemm_tile for blocks fb and fb + 1 (both in place) x a band of one vector."""
-    cdef const floating *filters = <const floating *>job.filters
-    cdef const floating *packed_bias = <const floating *>job.packed_bias
-    cdef const floating *b
-    cdef const Py_ssize_t *b_rows
-    b, b_rows = _tile_input(job, x_chunk, slab, oh0, tiles_end, 0, cc, 1)
-    _microkernel_rows2(cc * job.taps,
-                       filters + (g * job.filters_per_group + fb * FC_MR) * job.depth
-                       + c0 * job.taps,
-                       job.depth, b, b_rows, stage + (fb - fb0) * FC_MR * job.stage_pitch,
-                       job.stage_pitch,
-                       packed_bias + (g * job.fblocks + fb) * FC_MR if c0 == 0 else NULL,
-                       relu)
 
 
 cdef void _pack_panels(
@@ -557,7 +546,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     cdef const floating *b
     cdef const Py_ssize_t *b_rows
     cdef const floating *x_chunk
-    cdef bint last
+    cdef bint last, pair
     rb = task % row_blocks
     fc = (task // row_blocks) % fchunks
     g = (task // (row_blocks * fchunks)) % groups
@@ -579,9 +568,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
             if job.one_filter:
                 tiles_end = q_len - q_len % nr
             else:
-                tiles_end = _last_tile(q_len, lanes)
-                if tiles_end + _tile_vectors(tiles_end, q_len, lanes) * lanes == q_len:
-                    tiles_end = q_len
+                tiles_end = _whole_tiles_end(q_len, lanes)
             for k in range(cc):  # the partial tile's columns, into the slab
                 _copy(slab + k * job.slab_channel + tiles_end,
                       x_chunk + k * sc + oh0 * sh + tiles_end, q_len - tiles_end)
@@ -605,14 +592,10 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
             # in pairs where both are read in place, for twice the accumulator chains.
             fb = fb0
             while fb < fb1:
-                if fb + 1 < fb1 and fb + 1 < job.inplace_blocks:
-                    _gemm_tile_pair(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0,
-                                    tiles_end, relu and last)
-                    fb = fb + 2
-                else:
-                    _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               0, 1, relu and last)
-                    fb = fb + 1
+                pair = fb + 1 < fb1 and fb + 1 < job.inplace_blocks
+                _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
+                           0, 1, relu and last, pair)
+                fb = fb + 1 + pair
         elif cc * job.phases * job.slab_channel * <Py_ssize_t>sizeof(floating) <= L1_SLAB_BYTES:
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
             # block of filters, and each block's weights stay in L1 (deep, small maps).
@@ -621,7 +604,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 while j0 < q_len:
                     nv = _tile_vectors(j0, q_len, lanes)
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               j0, nv, relu and last)
+                               j0, nv, relu and last, False)
                     j0 = j0 + nv * lanes
         else:
             # Per tile of pixels, every block of filters: the tile's input window stays in L1.
@@ -630,7 +613,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 nv = _tile_vectors(j0, q_len, lanes)
                 for fb in range(fb0, fb1):
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               j0, nv, relu and last)
+                               j0, nv, relu and last, False)
                 j0 = j0 + nv * lanes
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.

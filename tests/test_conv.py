@@ -1341,8 +1341,9 @@ def test_band_tiles_share_a_short_tail(nv):
     (3, 8, 4, 6, 16, 1),     # whole tiles only
     (2, 6, 5, 5, 3, 3),      # one filter per group (the one-row tile)
     (1, 300, 3, 11, 4, 1),   # more channels than one reduction chunk
-    # Deep chunks (2 x 260 channels at every ISA level): tiles read packed panels, with
-    # bands of 7, 8, 11 and 49 pixels (a lone vector, and tails shared 2 + 2 or 3 + 2)
+    # Deep chunks (3 x 174 channels, panels at every ISA level; grouped, 2 x 130 per group,
+    # panels above baseline): tiles read packed panels, with bands of 7, 8, 11 and 49 pixels
+    # (a lone vector, and tails shared 2 + 2 or 3 + 2)
     (2, 520, 7, 7, 10, 1),
     (1, 520, 2, 4, 64, 1),
     (1, 520, 11, 1, 9, 1),
