@@ -9,7 +9,8 @@
 # offset. Output pixels are numbered over a row pitch a little wider than the output row;
 # the extra "junk" columns are computed and dropped when the staged tile is copied out.
 # 1x1 layers read x in place instead (rows contiguous), or, with deep chunks of channels,
-# each tile's rows packed into a contiguous panel.
+# each tile's rows packed into a contiguous panel. Small maps may stack several images in a
+# task: their pixels, gathered compactly from the slab into panels, fill whole vectors.
 # Each output element is written by one task and reduced in a fixed order, so results are
 # bit-identical for any thread count.
 
@@ -422,8 +423,10 @@ ctypedef struct _GemmJob:
     const Py_ssize_t *col_inner
     const Py_ssize_t *offsets
     const Py_ssize_t *x_offsets
-    const Py_ssize_t *panel_offsets   # (FC_NV, channels_per_chunk): row r of a panel of nv
-                                      # vectors at [nv - 1, r]
+    const Py_ssize_t *panel_offsets   # (FC_NV, panel_rows): row r of a panel of nv vectors
+                                      # at [nv - 1, r]
+    const Py_ssize_t *pixel_src       # stacked: slab position of each of a task's pixels
+    Py_ssize_t panel_base, panel_rows, images_per_task, image_slab, n_images
     Py_ssize_t stride_w, phases, pitch, slab_channel  # slab_channel: slab_rows * pitch
     Py_ssize_t in_per_group, channels_per_chunk
     Py_ssize_t row_blocks, rows_per_task, out_h, out_w
@@ -439,7 +442,8 @@ cdef inline (const floating *, const Py_ssize_t *) _tile_input(
     """Where the tile of nv vectors at pixel j0 reads its reduction rows: its panel, x
     itself (direct, whole tiles) or the slab."""
     if job.panels:
-        return slab + cc * j0, job.panel_offsets + (nv - 1) * job.channels_per_chunk
+        return (slab + job.panel_base + cc * job.taps * j0,
+                job.panel_offsets + (nv - 1) * job.panel_rows)
     if j0 < tiles_end:
         return x_chunk + oh0 * job.sh + j0, job.x_offsets
     return slab + j0, job.offsets
@@ -528,6 +532,63 @@ cdef void _pack_panels(
         j0 = j0 + width
 
 
+cdef void _gather_panels(
+    const floating *slab,         # IN  the stacked images' chunks
+    const Py_ssize_t *b_offset,   # IN  (depth,) slab offset of each reduction row
+    Py_ssize_t depth,
+    const Py_ssize_t *pixel_src,  # IN  (pixels,) slab position of each pixel
+    Py_ssize_t pixels, Py_ssize_t lanes,
+    floating *panels,             # OUT per tile at j0 of nv vectors (_tile_vectors), at
+                                  #     depth * j0: (depth, nv * lanes), zero-padded
+) noexcept nogil:
+    """A stacked task's pixels as one contiguous panel per tile, compact (no junk columns,
+    images back to back): row r of pixel j is slab[b_offset[r] + pixel_src[j]]."""
+    cdef Py_ssize_t r, j, j0, width, valid
+    cdef const Py_ssize_t *src_j
+    cdef const floating *src
+    cdef floating *dst
+    j0 = 0
+    while j0 < pixels:
+        width = _tile_vectors(j0, pixels, lanes) * lanes
+        valid = min(width, pixels - j0)
+        src_j = pixel_src + j0
+        for r in range(depth):
+            src = slab + b_offset[r]
+            dst = panels + depth * j0 + r * width
+            for j in range(valid):
+                dst[j] = src[src_j[j]]
+            for j in range(valid, width):
+                dst[j] = 0
+        j0 = j0 + width
+
+
+cdef void _pack_stacked_panels(
+    const floating *x,            # IN  the first image's chunk: images sn apart, channels sc
+    Py_ssize_t sn, Py_ssize_t sc, #     apart, each plane a run of `plane` pixels
+    Py_ssize_t channels, Py_ssize_t plane, Py_ssize_t pixels, Py_ssize_t lanes,
+    floating *panels,             # OUT as _gather_panels' (depth = channels)
+) noexcept nogil:
+    """_gather_panels for a stacked 1x1 layer whose planes are runs of x: copied from x."""
+    cdef Py_ssize_t k, i, j, j0, q, run, width, valid
+    cdef floating *dst
+    j0 = 0
+    while j0 < pixels:
+        width = _tile_vectors(j0, pixels, lanes) * lanes
+        valid = min(width, pixels - j0)
+        for k in range(channels):
+            dst = panels + channels * j0 + k * width
+            j = 0
+            while j < valid:  # runs split where one image's plane ends
+                i = (j0 + j) // plane
+                q = j0 + j - i * plane
+                run = min(plane - q, valid - j)
+                _copy(dst + j, x + i * sn + k * sc + q, run)
+                j = j + run
+            if valid < width:
+                memset(dst + valid, 0, (width - valid) * sizeof(floating))
+        j0 = j0 + width
+
+
 cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                      floating *stage) noexcept nogil:
     """One task of _gemm_forward: a band of output rows of one image and group, for a chunk
@@ -541,6 +602,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     cdef Py_ssize_t nr = job.nr, fblocks = job.fblocks
     cdef bint relu = job.relu
     cdef Py_ssize_t n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0, k, tiles_end
+    cdef Py_ssize_t i, n_stacked = 0, band_bytes
     cdef Py_ssize_t f_local, lanes = FC_LANES_F32 if floating is float else FC_LANES_F64
     cdef int nv
     cdef const floating *b
@@ -550,10 +612,14 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     rb = task % row_blocks
     fc = (task // row_blocks) % fchunks
     g = (task // (row_blocks * fchunks)) % groups
-    n = task // (row_blocks * fchunks * groups)
+    n = task // (row_blocks * fchunks * groups)  # stacked: the first of the task's images
     oh0 = rb * job.rows_per_task
     rows = min(job.rows_per_task, job.out_h - oh0)
     q_len = rows * job.pitch
+    if job.images_per_task:  # one band of all rows (rb = 0), images n .. n + n_stacked
+        n = n * job.images_per_task
+        n_stacked = min(job.images_per_task, job.n_images - n)
+        q_len = n_stacked * job.out_h * job.out_w
     fb0 = fc * job.fblocks_per_task
     fb1 = min(fb0 + job.fblocks_per_task, fblocks)
     c0 = 0
@@ -562,7 +628,23 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         x_chunk = x_data + n * sn + (g * in_per_group + c0) * sc
         last = c0 + cc == in_per_group
         tiles_end = 0
-        if job.panels:
+        band_bytes = cc * job.phases * job.slab_channel * <Py_ssize_t>sizeof(floating)
+        if n_stacked and job.direct:
+            _pack_stacked_panels(x_chunk, sn, sc, cc, job.out_h * job.out_w, q_len, lanes,
+                                 slab + job.panel_base)
+            band_bytes = cc * q_len * <Py_ssize_t>sizeof(floating)
+        elif n_stacked:
+            for i in range(n_stacked):
+                _fill_slab(x_chunk + i * sn, sc, sh, job.sw, cc, job.bands, job.slab_rows,
+                           job.col_src, job.col_inner, job.stride_w, job.phases, job.pitch,
+                           slab + i * job.image_slab)
+                if job.wrap:
+                    memset(slab + i * job.image_slab + cc * job.slab_channel, 0,
+                           job.wrap * sizeof(floating))
+            _gather_panels(slab, job.offsets, cc * taps, job.pixel_src, q_len, lanes,
+                           slab + job.panel_base)
+            band_bytes = cc * taps * q_len * <Py_ssize_t>sizeof(floating)
+        elif job.panels:
             _pack_panels(x_chunk + oh0 * sh, sc, cc, q_len, lanes, slab)
         elif job.direct:  # whole tiles read x; a last tile reaching past the band, the slab
             if job.one_filter:
@@ -596,7 +678,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
                            0, 1, relu and last, pair)
                 fb = fb + 1 + pair
-        elif cc * job.phases * job.slab_channel * <Py_ssize_t>sizeof(floating) <= L1_SLAB_BYTES:
+        elif band_bytes <= L1_SLAB_BYTES:
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
             # block of filters, and each block's weights stay in L1 (deep, small maps).
             for fb in range(fb0, fb1):
@@ -618,6 +700,14 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.
     f_local = fb0 * FC_MR
+    for i in range(n_stacked):  # each image's pixels: one compact run per filter
+        _copy_out(stage + i * job.out_h * job.out_w, job.stage_pitch, 0,
+                  min(fb1 * FC_MR, job.filters_per_group) - f_local, 1, 0,
+                  <floating *>job.out + (n + i) * job.n_filters * job.pooled_pixels,
+                  g * job.filters_per_group + f_local, job.n_filters, 1,
+                  job.out_h * job.out_w, job.channels_last, 1)
+    if n_stacked:
+        return
     _copy_out(stage, job.stage_pitch, job.pitch,
               min(fb1 * FC_MR, job.filters_per_group) - f_local,
               rows, oh0, <floating *>job.out + n * job.n_filters * job.pooled_pixels,
@@ -643,6 +733,10 @@ cdef int _gemm_forward(
     Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t rows_per_task, Py_ssize_t channels_per_chunk, Py_ssize_t fblocks_per_task,
     Py_ssize_t slab_size, Py_ssize_t stage_pitch, Py_ssize_t wrap,
+    Py_ssize_t images_per_task,    # > 0: stacked tasks (_conv_plan._stack_split), whose
+    Py_ssize_t image_slab,         #     images' chunks lie image_slab apart in the slab,
+    Py_ssize_t panel_base,         #     their panels from panel_base, and whose pixels
+    const _Arg *pixel_src,         # IN  intp (images_per_task * OH * OW,) lie at pixel_src
     bint channels_last, bint relu, Py_ssize_t pool, int num_threads, bint pointwise,
 ) except -1:
     """out = conv(x, weight) + bias (then ReLU, then pool x pool / pool max pooling when
@@ -667,7 +761,9 @@ cdef int _gemm_forward(
         nr = FC_NR_F32 if floating is float else FC_NR_F64
     cdef Py_ssize_t row_blocks = (out_h + rows_per_task - 1) // rows_per_task
     cdef Py_ssize_t fchunks = (fblocks + fblocks_per_task - 1) // fblocks_per_task
-    cdef Py_ssize_t n_tasks = n_images * groups * fchunks * row_blocks
+    cdef Py_ssize_t image_blocks = (n_images if images_per_task == 0
+                                    else (n_images + images_per_task - 1) // images_per_task)
+    cdef Py_ssize_t n_tasks = image_blocks * groups * fchunks * row_blocks
     cdef Py_ssize_t sn = x.strides[0], sc = x.strides[1], sh = x.strides[2], sw = x.strides[3]
     cdef const Py_ssize_t *bands = <const Py_ssize_t *>row_src.data
     cdef const Py_ssize_t *offsets = <const Py_ssize_t *>b_offset.data
@@ -692,16 +788,20 @@ cdef int _gemm_forward(
     cdef bint direct = (pointwise and taps == 1 and stride_w == 1 and phases == 1
                         and pitch == out_w and sw == 1 and sh == out_w
                         and x.shape[2] == out_h and x.shape[3] == out_w
-                        and channels_per_chunk * sc * sizeof(floating) <= DIRECT_SPAN_BYTES)
+                        and (images_per_task > 0
+                             or channels_per_chunk * sc * sizeof(floating) <= DIRECT_SPAN_BYTES))
     # Unless a tile's rows in x, one line more than their width each, would miss L1 (deep
     # chunks): then each tile's rows are packed into a contiguous panel (_pack_panels) that
     # serves all the task's filters. Measured, 2 threads, interleaved: 7x7 and 14x14 layers
     # of 256+ channels 11-19% faster (median of 5 runs).
     cdef Py_ssize_t lanes = FC_LANES_F32 if floating is float else FC_LANES_F64
-    cdef bint panels = (direct and not one_filter
+    cdef bint panels = (direct and not one_filter and images_per_task == 0
                         and channels_per_chunk * (nr * sizeof(floating) + 64) > L1_SLAB_BYTES
                         and slab_size >= channels_per_chunk * stage_pitch)
+    # Stacked tasks read panels; direct then means that they copy them from x's rows.
     direct = direct and not panels
+    panels = panels or images_per_task > 0
+    cdef Py_ssize_t panel_rows = channels_per_chunk * taps
     cdef Py_ssize_t *x_offsets = NULL
     cdef Py_ssize_t *panel_offsets = NULL
     cdef Py_ssize_t slab_channel = row_src.shape[1] * pitch  # slab elements per channel
@@ -714,12 +814,12 @@ cdef int _gemm_forward(
         for k in range(channels_per_chunk):
             x_offsets[k] = k * sc
     if panels:
-        panel_offsets = <Py_ssize_t *>malloc(FC_NV * channels_per_chunk * sizeof(Py_ssize_t))
+        panel_offsets = <Py_ssize_t *>malloc(FC_NV * panel_rows * sizeof(Py_ssize_t))
         if panel_offsets == NULL:
             raise MemoryError()
         for v in range(FC_NV):  # row k of a panel of v + 1 vectors
-            for k in range(channels_per_chunk):
-                panel_offsets[v * channels_per_chunk + k] = k * (v + 1) * lanes
+            for k in range(panel_rows):
+                panel_offsets[v * panel_rows + k] = k * (v + 1) * lanes
     cdef _GemmJob job
     job.x, job.filters, job.packed, job.packed_bias = x_data, filters, packed, packed_bias
     job.out = out_data
@@ -728,6 +828,10 @@ cdef int _gemm_forward(
     job.col_src = <const Py_ssize_t *>col_src.data
     job.col_inner = <const Py_ssize_t *>col_inner.data
     job.offsets, job.x_offsets, job.panel_offsets = offsets, x_offsets, panel_offsets
+    job.pixel_src = <const Py_ssize_t *>pixel_src.data
+    job.panel_base = panel_base if images_per_task else 0
+    job.panel_rows, job.images_per_task, job.image_slab, job.n_images = (
+        panel_rows, images_per_task, image_slab, n_images)
     job.stride_w, job.phases, job.pitch, job.slab_channel = stride_w, phases, pitch, slab_channel
     job.in_per_group, job.channels_per_chunk = in_per_group, channels_per_chunk
     job.row_blocks, job.rows_per_task, job.out_h, job.out_w = (row_blocks, rows_per_task,

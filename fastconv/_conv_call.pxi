@@ -253,8 +253,9 @@ cdef class GemmCall(_KernelCall):
     """A planned conv2d call on the GEMM kernel (_gemm_forward): the plan (_conv_plan.ConvPlan)
     and the call's scalars. Weight is (F, C/G, KH, KW) C-contiguous (any shape of that size),
     bias (F,) or None."""
-    cdef _Arg b_offset
+    cdef _Arg b_offset, pixel_src
     cdef Py_ssize_t groups, per_group, depth, inplace_blocks, kh, kw, stride_w
+    cdef Py_ssize_t images_per_task, image_slab, panel_base
     cdef Py_ssize_t channels_per_chunk, fblocks_per_task, stage_pitch
     cdef Py_ssize_t wrap, packed_size, packed_bias_size
     cdef bint pointwise
@@ -285,11 +286,26 @@ cdef class GemmCall(_KernelCall):
         slab_channel = self.row_src.shape[1] * pitch * self.col_src.shape[0]
         _table(plan.b_offset, "b_offset", 0, self.slab_size - self.stage_pitch + 1,
                &self.b_offset)
+        self.images_per_task = plan.images_per_task
+        self.image_slab, self.panel_base = plan.image_slab, plan.panel_base
+        cdef Py_ssize_t reach = int(plan.b_offset.max()) if plan.b_offset.size else 0
+        # a stacked pixel's reads (b_offset + pixel_src) stay below the panels
+        _table(plan.pixel_src, "pixel_src", 0, max(self.panel_base - reach, 0), &self.pixel_src)
+        if self.images_per_task and (
+                self.pixel_src.shape[0] != self.images_per_task * self.out_h * self.out_w
+                or self.rows_per_task != self.out_h or pool > 1
+                or self.image_slab < self.channels_per_chunk * slab_channel + self.wrap
+                or self.panel_base < self.images_per_task * self.image_slab
+                or self.stage_pitch < self.pixel_src.shape[0]
+                or self.slab_size < self.panel_base
+                + self.channels_per_chunk * self.kh * self.kw * self.stage_pitch):
+            raise ValueError("GemmCall: the plan's stacked images do not fit the call")
         if self.typenum == cnp.NPY_FLOAT32:
             nr = FC_ROW_NR_F32 if per_group == 1 else FC_NR_F32
         else:
             nr = FC_ROW_NR_F64 if per_group == 1 else FC_NR_F64
-        if (self.stage_pitch < self.rows_per_task * pitch or self.stage_pitch % nr
+        if ((self.images_per_task == 0 and self.stage_pitch < self.rows_per_task * pitch)
+                or self.stage_pitch % nr
                 or self.b_offset.shape[0] < self.channels_per_chunk * self.kh * self.kw
                 or self.wrap < 0
                 or self.slab_size < self.channels_per_chunk * slab_channel + self.wrap
@@ -351,7 +367,9 @@ cdef class GemmCall(_KernelCall):
                           &self.col_src, &self.col_inner, &self.b_offset, self.stride_w,
                           self.kh, self.kw, self.out_h, self.out_w, self.rows_per_task,
                           self.channels_per_chunk, self.fblocks_per_task, self.slab_size,
-                          self.stage_pitch, self.wrap, self.channels_last, self.relu, self.pool,
+                          self.stage_pitch, self.wrap, self.images_per_task, self.image_slab,
+                          self.panel_base, &self.pixel_src,
+                          self.channels_last, self.relu, self.pool,
                           threads,
                           self.pointwise)
         else:
@@ -361,7 +379,9 @@ cdef class GemmCall(_KernelCall):
                           &self.col_src, &self.col_inner, &self.b_offset, self.stride_w,
                           self.kh, self.kw, self.out_h, self.out_w, self.rows_per_task,
                           self.channels_per_chunk, self.fblocks_per_task, self.slab_size,
-                          self.stage_pitch, self.wrap, self.channels_last, self.relu, self.pool,
+                          self.stage_pitch, self.wrap, self.images_per_task, self.image_slab,
+                          self.panel_base, &self.pixel_src,
+                          self.channels_last, self.relu, self.pool,
                           threads,
                           self.pointwise)
         return 0

@@ -34,6 +34,9 @@ MIN_TASKS = 8
 # and the packed panel serves short reductions better than MR separate rows.
 # (measured: the 1 -> 32 channel 3x3 layer at batch 64 runs 7% faster packed)
 PACK_ALL_DEPTH = 32
+# Small maps: a task may stack the output pixels of several images, at most this many
+# (see _stack_split).
+STACK_PIXELS = 256
 
 
 class ConvPlan(NamedTuple):
@@ -49,6 +52,13 @@ class ConvPlan(NamedTuple):
     scratch_per_thread: int  # slab + staged tile (fblocks_per_task * MR filters)
     inplace_blocks: int      # blocks of MR filters the micro-kernel reads in place
     wrap: int                # zeros after a chunk's last channel in the slab (see _column_maps)
+    # Stacked tasks (images_per_task > 0, see _stack_split): the slab holds each image's
+    # chunk image_slab apart, then the gathered panels from panel_base; pixel_src maps a
+    # task's pixel (image, oh, ow) to its slab position (image * image_slab + oh * pitch + ow).
+    images_per_task: int
+    image_slab: int
+    panel_base: int
+    pixel_src: np.ndarray
 
 
 def inplace_blocks(per_group, depth, mr):
@@ -92,12 +102,27 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     def slab_rows_of(rows):
         return len(bases) * rows + sum(extra_rows)
 
-    rows, fblocks_per_task = _split_tasks(
+    rows, fblocks_per_task, slab_time = _split_tasks(
         out_h=out_h, out_w=out_w, pitch=pitch, nr=nr, lanes=lanes, mr=mr,
         planes=n_images * groups,
         fblocks=fblocks, depth=in_per_group * kh * kw,
         fill_per_row_span=in_per_group * phases * pitch, slab_rows_of=slab_rows_of,
         row_multiple=row_multiple)
+    images_per_task = 0
+    if nr > lanes and row_multiple == 1 and out_h * out_w <= STACK_PIXELS:
+        # (not for the one-filter tile, nor for fused pooling's bands of whole windows)
+        # 1x1, stride 1, no padding: the panels are copied from x's rows (NCHW), no slab
+        pointwise = kh == kw == 1 and sh == sw == 1 and not any(pads)
+        fill = in_per_group * phases * pitch * slab_rows_of(out_h)
+        images_per_task, stacked_blocks, stacked_time = _stack_split(
+            n_images=n_images, pixels=out_h * out_w, lanes=lanes, nr=nr, mr=mr,
+            groups=groups, fblocks=fblocks, depth=in_per_group * kh * kw,
+            fill_per_image=0 if pointwise else fill,
+            gather_cost=FILL_ELEMENT_COST if pointwise else GATHER_ELEMENT_COST)
+        if stacked_time < (1 - STACK_GAIN) * slab_time:
+            rows, fblocks_per_task = out_h, stacked_blocks
+        else:
+            images_per_task = 0
     row_blocks = -(-out_h // rows)
 
     # Slab rows of each band of output rows in blocks (see _row_classes): block k holds padded
@@ -122,8 +147,12 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     row_src = np.ascontiguousarray(np.where(usable, mapped, -1), dtype=np.intp)
 
     slab_row = phases * slab_rows * pitch  # elements per input channel
+    stacked_pixels = images_per_task * out_h * out_w
+    # per channel: its slab rows, or each stacked image's and its gathered panel rows
+    channel_bytes = (images_per_task * slab_row + kh * kw * -(-stacked_pixels // lanes) * lanes
+                     if images_per_task else slab_row) * itemsize
     channels = max(1, min(in_per_group, REDUCTION_DEPTH // (kh * kw),
-                          SLAB_BYTES // (slab_row * itemsize)))
+                          SLAB_BYTES // channel_bytes))
     channels = -(-in_per_group // -(-in_per_group // channels))  # equal chunks
 
     c_local = np.arange(channels)[:, None, None]
@@ -135,10 +164,23 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     slab_size = max(channels * slab_row + wrap, int(b_offset.max()) + stage_pitch)
     if kh == kw == 1:  # room for a band's tile panels (_conv.pxi's _pack_panels)
         slab_size = max(slab_size, channels * stage_pitch)
-    _share(row_src, col_src, col_inner, b_offset)
+    image_slab = panel_base = 0
+    pixel_src = np.zeros(0, dtype=np.intp)
+    if images_per_task:
+        line = 64 // itemsize  # each image's chunk and the panels start on a cache line
+        image_slab = -(-(channels * slab_row + wrap) // line) * line
+        panel_base = images_per_task * image_slab
+        stage_pitch = -(-stacked_pixels // nr) * nr
+        slab_size = panel_base + channels * kh * kw * stage_pitch
+        image, oh, ow = np.meshgrid(np.arange(images_per_task), np.arange(out_h),
+                                    np.arange(out_w), indexing="ij")
+        pixel_src = np.ascontiguousarray((image * image_slab + oh * pitch + ow).ravel(),
+                                         dtype=np.intp)
+    _share(row_src, col_src, col_inner, b_offset, pixel_src)
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
                     slab_size, stage_pitch, slab_size + fblocks_per_task * mr * stage_pitch,
-                    inplace_blocks(per_group, in_per_group * kh * kw, mr), wrap)
+                    inplace_blocks(per_group, in_per_group * kh * kw, mr), wrap,
+                    images_per_task, image_slab, panel_base, pixel_src)
 
 
 def _row_classes(kh, sh, dh):
@@ -282,6 +324,10 @@ KERNEL_CALL_COST = 500
 WEIGHT_COST = 8
 # See _split_tasks.
 TAIL_GAIN = 0.08
+# Gathering one element of a stacked panel (see _stack_split), and the share of the
+# estimated time that stacking must save to be taken.
+GATHER_ELEMENT_COST = 32
+STACK_GAIN = 0.05
 
 
 def tile_vectors(pixels, lanes, nv):
@@ -324,15 +370,11 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
     TAIL_GAIN of the first's time (small maps, e.g. 7x7: a quarter)."""
 
     def band_cost(band_rows, tails):
-        """Arithmetic of a band for one block of filters in whole tiles; with tails, the
-        last partial one by its vectors, weighted by how well its mr x vectors accumulators
-        hide the FMA latency (~8 chains needed), plus each kernel call's fixed cost
-        (accumulators in and out, the weight panel streamed in)."""
+        """Arithmetic of a band for one block of filters in whole tiles; with tails, as the
+        kernel computes it (_run_cost)."""
         if not tails:  # the first estimate: whole tiles, arithmetic only
             return -(-band_rows * pitch // nr) * nr * mr * depth
-        tiles = tile_vectors(band_rows * pitch, lanes, nr // lanes)
-        pixels = sum(v * lanes * max(1.0, 8 / (mr * v)) for v in tiles)
-        return pixels * mr * depth + len(tiles) * (KERNEL_CALL_COST + WEIGHT_COST * mr * depth)
+        return _run_cost(band_rows * pitch, lanes, nr, mr, depth)
 
     def task_cost(band_rows, blocks, tails):
         return (TASK_COST + FILL_ELEMENT_COST * fill_per_row_span * slab_rows_of(band_rows)
@@ -372,5 +414,48 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
 
     whole, tailed = pick(False), pick(True)
     if estimate(*tailed, True)[0] < (1 - TAIL_GAIN) * estimate(*whole, True)[0]:
-        return tailed
-    return whole
+        return tailed + (estimate(*tailed, True)[0],)
+    return whole + (estimate(*whole, True)[0],)
+
+
+def _stack_split(*, n_images, pixels, lanes, nr, mr, groups, fblocks, depth, fill_per_image,
+                 gather_cost):
+    """``(images per task, filter blocks per task, estimated time)`` of the best stacked
+    split (same model and units as _split_tasks).
+
+    A band computes whole vectors of pixels over the pitch, so a small map wastes lanes on
+    its junk columns and on its last partial vector (4x4 with padding 1: 24 lanes for 16
+    pixels; 2x2: 8 for 4). Stacked, a task owns whole maps of several images: it fills
+    each one's slab, then gathers their pixels compactly into panels (one row per reduction
+    row, _conv.pxi's _gather_panels) that its tiles read like any other. The gather costs a
+    copy per reduction row and pixel, which only many filters per task repay."""
+    best = None
+    for per_task_images in range(1, min(n_images, STACK_PIXELS // pixels) + 1):
+        blocks = -(-n_images // per_task_images)
+        sizes = [per_task_images] * (blocks - 1) + [n_images - (blocks - 1) * per_task_images]
+        max_chunks = min(fblocks, -(-2 * MIN_TASKS // (blocks * groups)))
+        for fchunks in range(1, max_chunks + 1):
+            per_task = -(-fblocks // fchunks)
+            if -(-fblocks // per_task) != fchunks:
+                continue
+            chunk_blocks = [per_task] * (fchunks - 1) + [fblocks - (fchunks - 1) * per_task]
+            tasks = [TASK_COST + FILL_ELEMENT_COST * fill_per_image * size
+                     + gather_cost * depth * size * pixels
+                     + _run_cost(size * pixels, lanes, nr, mr, depth) * blocks_in_task
+                     for size in sizes for blocks_in_task in chunk_blocks]
+            time = _two_thread_makespan(tasks, groups)
+            if best is None or time < best[2]:
+                best = (per_task_images, per_task, time)
+    return best
+
+
+def _run_cost(pixels, lanes, nr, mr, depth):
+    """Arithmetic of ``pixels`` pixels in tiles (tile_vectors) for one block of filters: each
+    tile by the vectors it computes, weighted by how well its mr x vectors accumulators hide
+    the FMA latency (~8 chains needed), plus each kernel call's fixed cost (accumulators in
+    and out, the weight panel streamed in). A run of one vector takes its blocks of filters
+    in pairs (twice the chains)."""
+    tiles = tile_vectors(pixels, lanes, nr // lanes)
+    chains = 2 * mr if pixels <= lanes else mr
+    computed = sum(v * lanes * max(1.0, 8 / (chains * v)) for v in tiles)
+    return computed * mr * depth + len(tiles) * (KERNEL_CALL_COST + WEIGHT_COST * mr * depth)

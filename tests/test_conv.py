@@ -1272,6 +1272,18 @@ def test_planned_call_checks_its_arrays(rng):
         with pytest.raises(ValueError, match=table):
             conv._kernels.GemmCall(plan._replace(**{table: getattr(plan, table) + 9}),
                                    np.float32, x.shape, out.shape, **kwargs)
+    # A stacked plan's pixel map must keep every read below the panels.
+    small = np.zeros((4, 4, 2, 2), np.float32)
+    stacked, *_ = conv._validate(small, np.zeros((16, 4, 3, 3), np.float32), None, 1, 1, 1,
+                                 1, "zeros", "NCHW", None, 1)
+    plan = stacked.runner.plan
+    assert plan.images_per_task > 0
+    kwargs.update(per_group=16, out_hw=(2, 2))
+    conv._kernels.GemmCall(plan, np.float32, small.shape, (4, 16, 4), **kwargs)  # fits
+    for broken in (plan.pixel_src + plan.panel_base, plan.pixel_src[:-1]):
+        with pytest.raises(ValueError, match="pixel_src|stacked"):
+            conv._kernels.GemmCall(plan._replace(pixel_src=broken), np.float32, small.shape,
+                                   (4, 16, 4), **kwargs)
     with pytest.raises(ValueError, match="plan"):
         conv._kernels.GemmCall(plan, np.float32, x.shape, (2, 8, 9, 8), **kwargs)
 
@@ -1320,6 +1332,61 @@ def test_one_vector_bands(rng, n, c, h, w, f, kernel, padding, dtype):
                            expected)
     assert_array_equal(fastconv.conv2d(x, weight, b, padding=padding, activation="relu"),
                        np.maximum(expected, 0))
+
+
+def _images_per_task(x, weight, **kwargs):
+    """The images a task of this call's plan stacks (0: bands of one image)."""
+    from fastconv import conv
+
+    call, *_ = conv._validate(x, weight, None, kwargs.get("stride", 1),
+                              kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                              kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"),
+                              kwargs.get("layout", "NCHW"), None, 1)
+    return call.runner.plan.images_per_task
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    # 4x4 maps: 16 pixels per image, not 4 rows of 5 (float64 at 4 lanes: whole vectors)
+    (2, 64, 4, 4, 128, (3, 3), dict(padding=1)),
+    (9, 30, 2, 2, 40, (3, 3), dict(padding=1)),                 # the last task's images fewer
+    (7, 20, 3, 5, 96, (3, 3), dict(padding=1, padding_mode="reflect")),
+    (3, 20, 5, 7, 96, (3, 3), dict(stride=2, padding=(0, 1))),  # two column phases
+    (5, 24, 6, 6, 64, (3, 3), dict(dilation=2, padding=1, groups=2)),
+    (3, 20, 5, 5, 72, (5, 5), dict(padding=2, padding_mode="circular")),
+    (16, 300, 6, 1, 52, (1, 1), {}),                            # 1x1: copied from x's rows
+    (8, 20, 5, 5, 40, (1, 1), dict(stride=2)),                  # 1x1 strided: the slab
+])
+def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """Small maps stack several images' pixels in one task (compact panels gathered from
+    the slab, or from x for 1x1): exact for every padding mode, stride, dilation and group
+    count, with ReLU, for NHWC and for views, and identical for any thread count."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    lanes = fastconv.conv._kernels.LANES_FLOAT32 if dtype == np.float32 else \
+        fastconv.conv._kernels.LANES_FLOAT64
+    if h * w != 16 or 16 % lanes:  # the plans stack these at every ISA level
+        assert _images_per_task(x, weight, **kwargs) > 0
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    for threads in (1, 2, 3):
+        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
+                           expected)
+    assert_array_equal(fastconv.conv2d(x, weight, b, activation="relu", **kwargs),
+                       np.maximum(expected, 0))
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC", **kwargs),
+                       expected.transpose(0, 2, 3, 1))
+    wide = np.zeros((n, c, h, w + 3), dtype)
+    wide[..., :w] = x
+    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
+
+
+def test_large_maps_are_not_stacked(rng):
+    """Maps whose bands waste few lanes, and one-filter groups, keep bands of one image."""
+    x, weight, _ = make_inputs(rng, n=8, c=16, h=32, w=32, f=32)
+    assert _images_per_task(x, weight, padding=1) == 0
+    x, weight, _ = make_inputs(rng, n=8, c=32, h=4, w=4, f=16, groups=16)
+    assert _images_per_task(x, weight, padding=1, groups=16) == 0
 
 
 @pytest.mark.parametrize("nv", [2, 3])
