@@ -35,8 +35,12 @@ MIN_TASKS = 8
 # (measured: the 1 -> 32 channel 3x3 layer at batch 64 runs 7% faster packed)
 PACK_ALL_DEPTH = 32
 # Small maps: a task may stack the output pixels of several images, at most this many
-# (see _stack_split).
+# (see _stack_split), and its staged tile must fit L2 (512 KiB on Zen 3): the staged tile
+# of all of ResNet-50's 2048 filters for 4 images of 7x7 (3.3 MiB in float64) ran 1.4x
+# slower than bands of one image, its accumulators passing through memory once per chunk
+# of channels; at 256 KiB a 7x7 layer with 512 filters at batch 8 ran 5% slower.
 STACK_PIXELS = 256
+STACK_STAGE_BYTES = 512 * 1024
 
 
 class ConvPlan(NamedTuple):
@@ -118,7 +122,8 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
             n_images=n_images, pixels=out_h * out_w, lanes=lanes, nr=nr, mr=mr,
             groups=groups, fblocks=fblocks, depth=in_per_group * kh * kw,
             fill_per_image=0 if pointwise else fill,
-            gather_cost=FILL_ELEMENT_COST if pointwise else GATHER_ELEMENT_COST)
+            gather_cost=FILL_ELEMENT_COST if pointwise else GATHER_ELEMENT_COST,
+            itemsize=itemsize)
         if stacked_time < (1 - STACK_GAIN) * slab_time:
             rows, fblocks_per_task = out_h, stacked_blocks
         else:
@@ -419,7 +424,7 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
 
 
 def _stack_split(*, n_images, pixels, lanes, nr, mr, groups, fblocks, depth, fill_per_image,
-                 gather_cost):
+                 gather_cost, itemsize):
     """``(images per task, filter blocks per task, estimated time)`` of the best stacked
     split (same model and units as _split_tasks).
 
@@ -433,8 +438,10 @@ def _stack_split(*, n_images, pixels, lanes, nr, mr, groups, fblocks, depth, fil
     for per_task_images in range(1, min(n_images, STACK_PIXELS // pixels) + 1):
         blocks = -(-n_images // per_task_images)
         sizes = [per_task_images] * (blocks - 1) + [n_images - (blocks - 1) * per_task_images]
-        max_chunks = min(fblocks, -(-2 * MIN_TASKS // (blocks * groups)))
-        for fchunks in range(1, max_chunks + 1):
+        stage_block = mr * -(-per_task_images * pixels // nr) * nr * itemsize
+        min_chunks = -(-fblocks // max(1, STACK_STAGE_BYTES // stage_block))
+        max_chunks = max(min_chunks, min(fblocks, -(-2 * MIN_TASKS // (blocks * groups))))
+        for fchunks in range(min_chunks, max_chunks + 1):
             per_task = -(-fblocks // fchunks)
             if -(-fblocks // per_task) != fchunks:
                 continue

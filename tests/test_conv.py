@@ -1381,12 +1381,25 @@ def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
     assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
 
 
-def test_large_maps_are_not_stacked(rng):
-    """Maps whose bands waste few lanes, and one-filter groups, keep bands of one image."""
+def test_stacking_limits(rng):
+    """Maps whose bands waste few lanes, and one-filter groups, keep bands of one image; a
+    stacked task's staged tile fits L2 (many filters: fewer per task)."""
+    from fastconv import _conv_plan
+
     x, weight, _ = make_inputs(rng, n=8, c=16, h=32, w=32, f=32)
     assert _images_per_task(x, weight, padding=1) == 0
     x, weight, _ = make_inputs(rng, n=8, c=32, h=4, w=4, f=16, groups=16)
     assert _images_per_task(x, weight, padding=1, groups=16) == 0
+    # ResNet-50's 7x7 1x1 layer at batch 8, planned for the AVX2 kernel's tiles
+    for itemsize, lanes in ((4, 8), (8, 4)):
+        plan = _conv_plan.plan(
+            n_images=8, groups=1, in_per_group=512, per_group=2048, height=7, width=7,
+            out_h=7, out_w=7, kernel=(1, 1), stride=(1, 1), dilation=(1, 1),
+            pads=(0, 0, 0, 0), padding_mode="zeros", mr=4, nr=3 * lanes, lanes=lanes,
+            itemsize=itemsize)
+        assert plan.images_per_task > 0
+        staged = plan.fblocks_per_task * 4 * plan.stage_pitch * itemsize
+        assert staged <= 512 * 1024  # all 2048 filters: 1.7 MiB (float32), 3.3 (float64)
 
 
 @pytest.mark.parametrize("nv", [2, 3])
