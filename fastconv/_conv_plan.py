@@ -437,7 +437,7 @@ def _stack_split(*, n_images, pixels, lanes, nr, mr, groups, fblocks, depth, fil
     best = None
     for per_task_images in range(1, min(n_images, STACK_PIXELS // pixels) + 1):
         blocks = -(-n_images // per_task_images)
-        sizes = [per_task_images] * (blocks - 1) + [n_images - (blocks - 1) * per_task_images]
+        sizes = [per_task_images, n_images - (blocks - 1) * per_task_images]
         stage_block = mr * -(-per_task_images * pixels // nr) * nr * itemsize
         min_chunks = -(-fblocks // max(1, STACK_STAGE_BYTES // stage_block))
         max_chunks = max(min_chunks, min(fblocks, -(-2 * MIN_TASKS // (blocks * groups))))
@@ -445,12 +445,22 @@ def _stack_split(*, n_images, pixels, lanes, nr, mr, groups, fblocks, depth, fil
             per_task = -(-fblocks // fchunks)
             if -(-fblocks // per_task) != fchunks:
                 continue
-            chunk_blocks = [per_task] * (fchunks - 1) + [fblocks - (fchunks - 1) * per_task]
-            tasks = [TASK_COST + FILL_ELEMENT_COST * fill_per_image * size
-                     + gather_cost * depth * size * pixels
-                     + _run_cost(size * pixels, lanes, nr, mr, depth) * blocks_in_task
-                     for size in sizes for blocks_in_task in chunk_blocks]
-            time = _two_thread_makespan(tasks, groups)
+            last_chunk = fblocks - (fchunks - 1) * per_task
+
+            def chunk_tasks(size):
+                """The tasks of a block of ``size`` images, one per chunk of filters."""
+                run = _run_cost(size * pixels, lanes, nr, mr, depth)
+                fixed = (TASK_COST + FILL_ELEMENT_COST * fill_per_image * size
+                         + gather_cost * depth * size * pixels)
+                return [fixed + run * per_task] * (fchunks - 1) + [fixed + run * last_chunk]
+
+            # the tasks of one group: (blocks - 1) full image blocks and a last one
+            full, last = chunk_tasks(sizes[0]), chunk_tasks(sizes[1])
+            if blocks > 64:  # _two_thread_makespan's bound, without listing every task
+                time = ((sum(full) * (blocks - 1) + sum(last)) * groups / 2
+                        + max(full + last) / 2)
+            else:
+                time = _two_thread_makespan(full * (blocks - 1) + last, groups)
             if best is None or time < best[2]:
                 best = (per_task_images, per_task, time)
     return best
