@@ -1356,6 +1356,8 @@ def _images_per_task(x, weight, **kwargs):
     (3, 20, 5, 5, 72, (5, 5), dict(padding=2, padding_mode="circular")),
     (16, 300, 6, 1, 52, (1, 1), {}),                            # 1x1: copied from x's rows
     (8, 20, 5, 5, 40, (1, 1), dict(stride=2)),                  # 1x1 strided: the slab
+    (40, 8, 1, 1, 48, (1, 1), {}),                              # 1x1 maps: a dense layer
+    (33, 12, 1, 1, 40, (3, 3), dict(padding=1)),                # 1x1 maps, 3x3 kernel
 ])
 def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
     """Small maps stack several images' pixels in one task (compact panels gathered from
