@@ -509,29 +509,6 @@ cdef inline void _gemm_tile(
                      b, b_rows, c, job.stage_pitch, bias_ptr, relu, nv)
 
 
-cdef void _pack_panels(
-    const floating *x,            # IN  the band's first pixel in the chunk's first channel
-    Py_ssize_t sc,                #     channels sc apart, each band a run of q_len pixels
-    Py_ssize_t channels, Py_ssize_t q_len, Py_ssize_t lanes,
-    floating *panels,             # OUT per tile at j0 of nv vectors (_tile_vectors), at
-                                  #     channels * j0: (channels, nv * lanes), zero-padded
-) noexcept nogil:
-    """A 1x1 band's pixels as one contiguous panel per tile: a tile then reads its reduction
-    rows one after the other (in place, rows sc apart, deep layers missed L1)."""
-    cdef Py_ssize_t k, j0, width, valid
-    cdef floating *dst
-    j0 = 0
-    while j0 < q_len:
-        width = _tile_vectors(j0, q_len, lanes) * lanes
-        valid = min(width, q_len - j0)
-        dst = panels + channels * j0
-        for k in range(channels):
-            _copy(dst + k * width, x + k * sc + j0, valid)
-            if valid < width:
-                memset(dst + k * width + valid, 0, (width - valid) * sizeof(floating))
-        j0 = j0 + width
-
-
 cdef void _gather_panels(
     const floating *slab,         # IN  the stacked images' chunks
     const Py_ssize_t *b_offset,   # IN  (depth,) slab offset of each reduction row
@@ -562,22 +539,32 @@ cdef void _gather_panels(
         j0 = j0 + width
 
 
-cdef void _pack_stacked_panels(
-    const floating *x,            # IN  the first image's chunk: images sn apart, channels sc
-    Py_ssize_t sn, Py_ssize_t sc, #     apart, each plane a run of `plane` pixels
-    Py_ssize_t channels, Py_ssize_t plane, Py_ssize_t pixels, Py_ssize_t lanes,
-    floating *panels,             # OUT as _gather_panels' (depth = channels)
+cdef void _pack_panels(
+    const floating *x,            # IN  the first pixel in the chunk's first channel; images
+    Py_ssize_t sn, Py_ssize_t sc, #     sn apart, channels sc apart, each image's plane a run
+    Py_ssize_t plane,             #     of `plane` pixels
+    Py_ssize_t channels, Py_ssize_t pixels, Py_ssize_t lanes,
+    floating *panels,             # OUT per tile at j0 of nv vectors (_tile_vectors), at
+                                  #     channels * j0: (channels, nv * lanes), zero-padded
 ) noexcept nogil:
-    """_gather_panels for a stacked 1x1 layer whose planes are runs of x: copied from x."""
+    """A 1x1 band's pixels (one image: plane = pixels; or stacked images, back to back) as
+    one contiguous panel per tile: a tile then reads its reduction rows one after the other
+    (in place, rows sc apart, deep layers missed L1)."""
     cdef Py_ssize_t k, i, j, j0, q, run, width, valid
+    cdef bint one_run
     cdef floating *dst
     j0 = 0
     while j0 < pixels:
         width = _tile_vectors(j0, pixels, lanes) * lanes
         valid = min(width, pixels - j0)
+        one_run = j0 % plane + valid <= plane  # the tile within one image's plane
         for k in range(channels):
             dst = panels + channels * j0 + k * width
             j = 0
+            if one_run:
+                i = j0 // plane
+                _copy(dst, x + i * sn + k * sc + j0 - i * plane, valid)
+                j = valid
             while j < valid:  # runs split where one image's plane ends
                 i = (j0 + j) // plane
                 q = j0 + j - i * plane
@@ -630,8 +617,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         tiles_end = 0
         band_bytes = cc * job.phases * job.slab_channel * <Py_ssize_t>sizeof(floating)
         if n_stacked and job.direct:
-            _pack_stacked_panels(x_chunk, sn, sc, cc, job.out_h * job.out_w, q_len, lanes,
-                                 slab + job.panel_base)
+            _pack_panels(x_chunk, sn, sc, job.out_h * job.out_w, cc, q_len, lanes,
+                         slab + job.panel_base)
             band_bytes = cc * q_len * <Py_ssize_t>sizeof(floating)
         elif n_stacked:
             for i in range(n_stacked):
@@ -645,7 +632,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                            slab + job.panel_base)
             band_bytes = cc * taps * q_len * <Py_ssize_t>sizeof(floating)
         elif job.panels:
-            _pack_panels(x_chunk + oh0 * sh, sc, cc, q_len, lanes, slab)
+            _pack_panels(x_chunk + oh0 * sh, 0, sc, q_len, cc, q_len, lanes, slab)
         elif job.direct:  # whole tiles read x; a last tile reaching past the band, the slab
             if job.one_filter:
                 tiles_end = q_len - q_len % nr
@@ -700,19 +687,18 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.
     f_local = fb0 * FC_MR
+    if n_stacked == 0:
+        _copy_out(stage, job.stage_pitch, job.pitch,
+                  min(fb1 * FC_MR, job.filters_per_group) - f_local,
+                  rows, oh0, <floating *>job.out + n * job.n_filters * job.pooled_pixels,
+                  g * job.filters_per_group + f_local, job.n_filters, job.out_h, job.out_w,
+                  job.channels_last, job.pool)
     for i in range(n_stacked):  # each image's pixels: one compact run per filter
         _copy_out(stage + i * job.out_h * job.out_w, job.stage_pitch, 0,
                   min(fb1 * FC_MR, job.filters_per_group) - f_local, 1, 0,
                   <floating *>job.out + (n + i) * job.n_filters * job.pooled_pixels,
                   g * job.filters_per_group + f_local, job.n_filters, 1,
                   job.out_h * job.out_w, job.channels_last, 1)
-    if n_stacked:
-        return
-    _copy_out(stage, job.stage_pitch, job.pitch,
-              min(fb1 * FC_MR, job.filters_per_group) - f_local,
-              rows, oh0, <floating *>job.out + n * job.n_filters * job.pooled_pixels,
-              g * job.filters_per_group + f_local, job.n_filters, job.out_h, job.out_w,
-              job.channels_last, job.pool)
 
 
 cdef int _gemm_forward(
@@ -829,7 +815,7 @@ cdef int _gemm_forward(
     job.col_inner = <const Py_ssize_t *>col_inner.data
     job.offsets, job.x_offsets, job.panel_offsets = offsets, x_offsets, panel_offsets
     job.pixel_src = <const Py_ssize_t *>pixel_src.data
-    job.panel_base = panel_base if images_per_task else 0
+    job.panel_base = panel_base  # 0 unless stacked: the 1x1 panels start the slab
     job.panel_rows, job.images_per_task, job.image_slab, job.n_images = (
         panel_rows, images_per_task, image_slab, n_images)
     job.stride_w, job.phases, job.pitch, job.slab_channel = stride_w, phases, pitch, slab_channel
