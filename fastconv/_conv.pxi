@@ -43,6 +43,7 @@ cdef extern from "_conv_microkernel.h" nogil:
         FC_LANES_F64
     float fc_peak_probe_f32(Py_ssize_t iterations)
     double fc_peak_probe_f64(Py_ssize_t iterations)
+    void fc_prefetch_span(const void *p, Py_ssize_t bytes)
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
     float fc_max_nan_f32(float a, float b)
@@ -259,6 +260,20 @@ cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcep
         fc_copy_f64(dst, src, n)
 
 
+cdef inline void _copy_strided(floating *dst, const floating *src, Py_ssize_t step,
+                               Py_ssize_t n) noexcept nogil:
+    """dst[k] = src[k * step] for k < n."""
+    cdef Py_ssize_t k
+    if step == 1:
+        _copy(dst, src, n)
+    elif step == 2:  # stride 2 with a constant step vectorises (even lanes)
+        for k in range(n):
+            dst[k] = src[2 * k]
+    else:
+        for k in range(n):
+            dst[k] = src[k * step]
+
+
 cdef void _fill_slab(
     const floating *x,            # IN  input image n, first channel of the chunk
     Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t sw,   # element strides of x (channel, row, col)
@@ -279,6 +294,7 @@ cdef void _fill_slab(
     # instead of striding through the row once per channel.
     cdef bint channels_minor = sc == 1 and channels > 1
     cdef const floating *x_row
+    cdef const floating *next_rows
     cdef const floating *src
     cdef floating *dst
     for ph in range(phases):
@@ -326,17 +342,19 @@ cdef void _fill_slab(
                     src = x_row + (k * stride_w + offset) * sw
                     for c in range(channels):
                         dst[c * channel_stride + k] = src[c]
-            else:
+            elif channels == 1 or row + 1 == slab_rows or row_src[row + 1] < 0:
                 for c in range(channels):
-                    src = x_row + c * sc + (lo * stride_w + offset) * sw
-                    if step == 1:
-                        _copy(dst + c * channel_stride + lo, src, hi - lo)
-                    elif step == 2:  # stride 2 with a constant step vectorises (even lanes)
-                        for k in range(hi - lo):
-                            dst[c * channel_stride + lo + k] = src[2 * k]
-                    else:
-                        for k in range(hi - lo):
-                            dst[c * channel_stride + lo + k] = src[k * step]
+                    _copy_strided(dst + c * channel_stride + lo,
+                                  x_row + c * sc + (lo * stride_w + offset) * sw, step, hi - lo)
+            else:
+                # Many channels' rows, planes apart: ask for the next slab row's input rows
+                # while copying these (see fc_prefetch_span). One channel's rows are one
+                # stream, which the hardware prefetcher follows.
+                next_rows = x + row_src[row + 1] * sh + (lo * stride_w + offset) * sw
+                for c in range(channels):
+                    fc_prefetch_span(next_rows + c * sc, (hi - lo) * step * sizeof(floating))
+                    _copy_strided(dst + c * channel_stride + lo,
+                                  x_row + c * sc + (lo * stride_w + offset) * sw, step, hi - lo)
 
 
 cdef void _max_pool_rows(

@@ -36,6 +36,16 @@ typedef double fc_vf64_u __attribute__((vector_size(FC_VEC_BYTES), aligned(8), m
 #include <immintrin.h>
 #endif
 
+/* Ask for the cache lines of bytes [p, p + bytes) ahead of use. The slab fill reads short
+ * rows (one per channel, planes apart): too many streams for the hardware prefetcher, so each
+ * row's copy would wait on L3. */
+static inline void fc_prefetch_span(const void *p, Py_ssize_t bytes)
+{
+    const char *c = (const char *)p;
+    for (Py_ssize_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+    if (bytes > 0) __builtin_prefetch(c + bytes - 1, 0, 3);
+}
+
 /* Copy n elements: whole vectors, then the tail as one masked vector (AVX-512) or as the
  * last whole vector again, overlapping. Rows in the kernels are short (one output row), where
  * memcpy's call and a scalar tail cost more than the copy itself. */
