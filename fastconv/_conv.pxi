@@ -44,6 +44,7 @@ cdef extern from "_conv_microkernel.h" nogil:
     float fc_peak_probe_f32(Py_ssize_t iterations)
     double fc_peak_probe_f64(Py_ssize_t iterations)
     void fc_prefetch_span(const void *p, Py_ssize_t bytes)
+    void fc_prefetch_rows(const void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t bytes)
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
     float fc_max_nan_f32(float a, float b)
@@ -698,6 +699,9 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
             j0 = 0
             while j0 < q_len:
                 nv = _tile_vectors(j0, q_len, lanes)
+                if job.direct and j0 + nv * lanes < tiles_end:  # the next tile's rows in x
+                    fc_prefetch_rows(x_chunk + oh0 * sh + j0 + nv * lanes, sc * sizeof(floating),
+                                     cc, nr * sizeof(floating))
                 for fb in range(fb0, fb1):
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
                                j0, nv, relu and last, False)

@@ -46,6 +46,13 @@ static inline void fc_prefetch_span(const void *p, Py_ssize_t bytes)
     if (bytes > 0) __builtin_prefetch(c + bytes - 1, 0, 3);
 }
 
+/* fc_prefetch_span for `rows` runs of `bytes` bytes, `stride` bytes apart. */
+static inline void fc_prefetch_rows(const void *p, Py_ssize_t stride, Py_ssize_t rows,
+                                    Py_ssize_t bytes)
+{
+    for (Py_ssize_t r = 0; r < rows; r++) fc_prefetch_span((const char *)p + r * stride, bytes);
+}
+
 /* Copy n elements: whole vectors, then the tail as one masked vector (AVX-512) or as the
  * last whole vector again, overlapping. Rows in the kernels are short (one output row), where
  * memcpy's call and a scalar tail cost more than the copy itself. */
