@@ -321,8 +321,11 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
 
 # The task split's cost model, in units of one multiply-add of one vector lane: copying one
 # element into the slab (fill) and starting one task (dispatch, copy-out setup). Rough, measured
-# from perf profiles on Zen 3/4; they only need to rank splits.
-FILL_ELEMENT_COST = 8
+# from perf profiles on Zen 3/4; they only need to rank splits. The fill took 0.4-0.8 ns per
+# element in profiles of 7 layers at 1 thread (short rows and stride 2 dearest), ~16 units;
+# at 8, a 200 -> 24 channel stride-2 layer split its 6 blocks of filters in two and filled
+# every input row twice (1.4x slower than with all filters per task).
+FILL_ELEMENT_COST = 16
 TASK_COST = 4000
 # A micro-kernel call: fixed cost, and per weight of its panel (streamed from L2 or L3).
 KERNEL_CALL_COST = 500
