@@ -5,7 +5,7 @@
 # does not depend on the thread count. Input and output may be the same buffer (in place).
 # Large out-of-place results are written with non-temporal stores.
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange, threadid
 
 from cython cimport floating
 
@@ -103,6 +103,11 @@ cdef enum:
     STREAM_MIN_BYTES = 16 << 20
 
 
+cdef extern from "_threads.h" nogil:
+    int fc_current_cpu()
+    void fc_leave_master_cpu(int master_cpu)
+
+
 cdef inline void _relu_span(floating *dst, const floating *src, Py_ssize_t n,
                             int stream) noexcept nogil:
     if floating is float:
@@ -122,15 +127,17 @@ def relu(
     cdef Py_ssize_t chunk, start
     cdef const floating *src
     cdef floating *dst
-    cdef int stream
+    cdef int stream, master_cpu
 
     if n == 0:
         return
     src = &x[0]
     dst = &out[0]
     stream = <const void *>src != <const void *>dst and n * sizeof(floating) >= STREAM_MIN_BYTES
-    with nogil:
-        for chunk in prange(n_chunks, num_threads=num_threads,
-                            use_threads_if=n >= PARALLEL_MIN_ELEMENTS, schedule="static"):
+    master_cpu = fc_current_cpu()
+    with nogil, parallel(num_threads=num_threads, use_threads_if=n >= PARALLEL_MIN_ELEMENTS):
+        if threadid() > 0:
+            fc_leave_master_cpu(master_cpu)  # see _threads.h
+        for chunk in prange(n_chunks, schedule="static"):
             start = chunk * CHUNK
             _relu_span(dst + start, src + start, min(CHUNK, n - start), stream)

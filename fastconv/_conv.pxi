@@ -83,6 +83,11 @@ cdef extern from "_conv_microkernel.h" nogil:
                                 int relu)
 
 
+cdef extern from "_threads.h" nogil:
+    int fc_current_cpu()
+    void fc_leave_master_cpu(int master_cpu)
+
+
 ISA = FC_ISA_NAME.decode()
 # 1x1 convolutions read x in place while a chunk of channels spans at most this (see
 # _gemm_forward); an L2's worth.
@@ -854,8 +859,12 @@ cdef int _gemm_forward(
     # The slab's slack beyond the filled rows is read only by junk columns, which are dropped.
     # Small or one-thread calls run the tasks in order outside OpenMP: even a one-thread
     # parallel region costs ~0.5 us in libgomp.
+    cdef int master_cpu
     if num_threads > 1 and work > PARALLEL_WORK:
+        master_cpu = fc_current_cpu()
         with nogil, parallel(num_threads=num_threads):
+            if threadid() > 0:
+                fc_leave_master_cpu(master_cpu)  # see _threads.h
             slab = scratch_data + threadid() * scratch_per_thread
             stage = slab + slab_size
             for task in prange(n_tasks, schedule="dynamic"):

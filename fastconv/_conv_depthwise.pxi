@@ -167,8 +167,12 @@ cdef int _depthwise_forward(
     job.direct, job.relu, job.channels_last = direct, relu, channels_last
     # The slab's slack is read only by junk lanes past out_w, which are dropped. Small or
     # one-thread calls run the tasks in order outside OpenMP (see _gemm_forward).
+    cdef int master_cpu
     if num_threads > 1 and work > PARALLEL_WORK:
+        master_cpu = fc_current_cpu()
         with nogil, parallel(num_threads=num_threads):
+            if threadid() > 0:
+                fc_leave_master_cpu(master_cpu)  # see _threads.h
             slab = scratch_data + threadid() * scratch_per_thread
             stage = slab + slab_size
             for task in prange(n_tasks, schedule="dynamic"):

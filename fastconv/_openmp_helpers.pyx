@@ -1,6 +1,8 @@
 """OpenMP facts the Python layer needs: is it compiled in, how many threads by default, and
 has this process been forked (see fastconv._validation's fork safety)."""
 
+from cython.parallel cimport parallel, threadid
+
 cdef extern from *:
     """
     #ifdef _OPENMP
@@ -14,6 +16,27 @@ cdef extern from *:
     """
     int FC_OPENMP_ENABLED
     int fc_get_max_threads() nogil
+
+
+cdef extern from "_threads.h" nogil:
+    int fc_current_cpu()
+    void fc_leave_master_cpu(int master_cpu)
+
+
+def region_cpus(int num_threads):
+    """The CPU each thread of one parallel region of ``num_threads`` runs on once the region
+    has started the way the kernels start theirs (workers leave the calling thread's CPU,
+    see _threads.h); -1 where unknown. For tests and diagnosis."""
+    cdef int cpus[64]
+    cdef int master_cpu = fc_current_cpu()
+    cdef int n = max(1, min(num_threads, 64)), i
+    for i in range(n):
+        cpus[i] = -1
+    with nogil, parallel(num_threads=n):
+        if threadid() > 0:
+            fc_leave_master_cpu(master_cpu)
+        cpus[threadid()] = fc_current_cpu()
+    return [cpus[i] for i in range(n)]
 
 
 def openmp_enabled():

@@ -27,13 +27,18 @@
 # NaN wins everywhere: every max (vector or scalar) returns NaN if either operand is NaN.
 # All vector code is GCC vector extensions (_simd.h), so one source serves every ISA level.
 
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
 from cython cimport floating
 
+
+
+cdef extern from "_threads.h" nogil:
+    int fc_current_cpu()
+    void fc_leave_master_cpu(int master_cpu)
 
 
 cdef extern from *:
@@ -760,6 +765,7 @@ def max_pool2d_values(
     cdef Py_ssize_t img_size = g.H * g.W * g.C
     cdef Py_ssize_t out_row = g.OW * g.C
     cdef Py_ssize_t item, b, oh, j, tap, p, scratch_stride = 0
+    cdef int master_cpu
     cdef bint threaded = n_items > 1 and B * img_size >= PARALLEL_MIN_ELEMENTS
     cdef const floating *x_data
     cdef floating *out_data
@@ -773,9 +779,11 @@ def max_pool2d_values(
     out_data = &out[0, 0, 0, 0]
 
     if not separable or kw > SEPARABLE_MAX_TAPS:
-        with nogil:
-            for item in prange(n_items, num_threads=num_threads, use_threads_if=threaded,
-                               schedule="static"):
+        master_cpu = fc_current_cpu()
+        with nogil, parallel(num_threads=num_threads, use_threads_if=threaded):
+            if threadid() > 0:
+                fc_leave_master_cpu(master_cpu)  # see _threads.h
+            for item in prange(n_items, schedule="static"):
                 b = item // g.OH
                 oh = item - b * g.OH
                 _direct_row(x_data + b * img_size, out_data + item * out_row, NULL, oh, &g)
@@ -804,9 +812,11 @@ def max_pool2d_values(
         if scratch == NULL:
             raise MemoryError("max_pool2d: cannot allocate the per-thread row buffers")
     try:
-        with nogil:
-            for item in prange(n_items, num_threads=num_threads, use_threads_if=threaded,
-                               schedule="static"):
+        master_cpu = fc_current_cpu()
+        with nogil, parallel(num_threads=num_threads, use_threads_if=threaded):
+            if threadid() > 0:
+                fc_leave_master_cpu(master_cpu)  # see _threads.h
+            for item in prange(n_items, schedule="static"):
                 b = item // g.OH
                 oh = item - b * g.OH
                 _separable_row(x_data + b * img_size, out_data + item * out_row,
@@ -837,6 +847,7 @@ def max_pool2d_indices(
     cdef Py_ssize_t img_size = g.H * g.W * g.C
     cdef Py_ssize_t out_row = g.OW * g.C
     cdef Py_ssize_t item, b, oh
+    cdef int master_cpu
     cdef bint threaded = n_items > 1 and B * img_size >= PARALLEL_MIN_ELEMENTS
     cdef const floating *x_data
     cdef floating *out_data
@@ -847,9 +858,11 @@ def max_pool2d_indices(
     x_data = &x[0, 0, 0, 0]
     out_data = &out[0, 0, 0, 0]
     idx_data = &indices[0, 0, 0, 0]
-    with nogil:
-        for item in prange(n_items, num_threads=num_threads, use_threads_if=threaded,
-                           schedule="static"):
+    master_cpu = fc_current_cpu()
+    with nogil, parallel(num_threads=num_threads, use_threads_if=threaded):
+        if threadid() > 0:
+            fc_leave_master_cpu(master_cpu)  # see _threads.h
+        for item in prange(n_items, schedule="static"):
             b = item // g.OH
             oh = item - b * g.OH
             _direct_row(x_data + b * img_size, out_data + item * out_row,
