@@ -6,29 +6,26 @@
  * measured on this project's 2-vCPU VM, after a 5 ms pause 94% of small parallel regions
  * ran their two threads on one CPU, each region 6x slower than on two. A worker that finds
  * itself on the master's CPU at the start of a region moves itself off it: it narrows its
- * own affinity to the CPUs it was allowed, minus the master's. Only fastconv's workers
- * change; the calling thread and the rest of the process keep their affinity.
+ * own affinity to the process's CPUs minus the master's. Only the OpenMP workers change;
+ * the calling thread and the rest of the process keep their affinity.
  */
 #ifndef FASTCONV_THREADS_H
 #define FASTCONV_THREADS_H
 
 #if defined(__linux__)
 #include <sched.h>
+#include <unistd.h>
 
 /* The CPU the calling thread runs on, or -1 if unknown. */
 static inline int fc_current_cpu(void) { return sched_getcpu(); }
 
 static void fc_move_off_cpu(int cpu)
 {
-    /* The CPUs this worker was allowed before fastconv first narrowed them. */
-    static __thread cpu_set_t allowed;
-    static __thread int allowed_known = 0;
+    /* The process's CPUs: those of its main thread (the thread group leader). Not this
+     * worker's own mask, which an earlier move (by another kernel module's copy of this
+     * code) may have narrowed. */
     cpu_set_t others;
-    if (!allowed_known) {
-        if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return;
-        allowed_known = 1;
-    }
-    others = allowed;
+    if (sched_getaffinity(getpid(), sizeof others, &others) != 0) return;
     CPU_CLR(cpu, &others);
     if (CPU_COUNT(&others) > 0) sched_setaffinity(0, sizeof others, &others);
 }

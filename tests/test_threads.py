@@ -172,6 +172,32 @@ def test_workers_leave_the_calling_threads_cpu(rng):
     assert os.sched_getaffinity(0) == affinity
 
 
+@needs_two_openmp_threads
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux thread placement")
+def test_workers_follow_a_moving_caller(rng):
+    """The calling thread hops between two CPUs; each kernel module's regions (here conv2d,
+    then the probe) still put the worker on the other one, whichever module moved it last."""
+    affinity = os.sched_getaffinity(0)
+    if len(affinity) < 2:
+        pytest.skip("needs 2 CPUs in the affinity mask")
+    first, second = sorted(affinity)[:2]
+    x = rng.standard_normal((1, 16, 20, 20)).astype(np.float32)
+    weight = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    shared = 0
+    try:
+        for i in range(20):
+            for cpu in (first, second) if i % 2 else (second, first):
+                os.sched_setaffinity(0, {cpu})  # moves the caller there; it stays after
+                os.sched_setaffinity(0, affinity)
+                if cpu == first:
+                    fastconv.conv2d(x, weight, padding=1, num_threads=2)
+            cpus = _openmp_helpers.region_cpus(2)
+            shared += cpus[0] == cpus[1]
+    finally:
+        os.sched_setaffinity(0, affinity)
+    assert shared <= 2, f"{shared} of 20 regions ran both threads on one CPU"
+
+
 def test_results_identical_for_every_thread_count(rng):
     for name, call in make_calls(rng):
         expected = as_bytes(call(1))
