@@ -26,6 +26,10 @@ cnp.import_array()
 # A chunk's slab at most this big is swept once per block of filters (see _gemm_task).
 cdef enum:
     L1_SLAB_BYTES = 16 * 1024
+# Tiles accumulate straight into the output (see _gemm_task) when a micro-kernel call
+# reduces over at most this many rows: then its stores, not its multiply-adds, set the pace.
+cdef enum:
+    OUT_SWEEP_DEPTH = 32
 
 
 cdef extern from "_conv_microkernel.h" nogil:
@@ -456,8 +460,8 @@ ctypedef struct _GemmJob:
     Py_ssize_t row_blocks, rows_per_task, out_h, out_w
     Py_ssize_t groups, filters_per_group, n_filters
     Py_ssize_t fchunks, fblocks, fblocks_per_task, inplace_blocks, packed_blocks
-    Py_ssize_t depth, taps, nr, stage_pitch, pooled_pixels, pool, wrap
-    bint direct, panels, one_filter, relu, channels_last
+    Py_ssize_t depth, taps, nr, stage_pitch, out_pixels, pooled_pixels, pool, wrap
+    bint direct, panels, one_filter, relu, channels_last, out_direct
 
 
 cdef inline (const floating *, const Py_ssize_t *) _tile_input(
@@ -503,10 +507,12 @@ cdef inline void _gemm_tile(
         const _GemmJob *job, const floating *x_chunk, floating *slab, floating *stage,
         Py_ssize_t g, Py_ssize_t fb, Py_ssize_t fb0, Py_ssize_t c0, Py_ssize_t cc,
         Py_ssize_t oh0, Py_ssize_t tiles_end, Py_ssize_t j0, int nv,
-        bint relu, bint pair) noexcept nogil:
+        bint relu, bint pair, floating *out_band, Py_ssize_t out_end) noexcept nogil:
     """One micro-kernel call of _gemm_task: block fb of MR filters x the tile of nv vectors
-    at pixel j0, over channels c0 .. c0 + cc, into the staged tile. pair: blocks fb and
-    fb + 1 (both read in place) x one vector (nv = 1), in one call."""
+    at pixel j0, over channels c0 .. c0 + cc, into the staged tile, or straight into the
+    output (out_band != NULL: the band's pixels in the group's first output plane) if the
+    tile lies within the band (j0 < out_end) and its blocks hold real filters only. pair:
+    blocks fb and fb + 1 (both read in place) x one vector (nv = 1), in one call."""
     cdef const floating *filters = <const floating *>job.filters
     cdef const floating *packed = <const floating *>job.packed
     cdef const floating *packed_bias = <const floating *>job.packed_bias
@@ -517,20 +523,22 @@ cdef inline void _gemm_tile(
     cdef const floating *bias_ptr = (packed_bias + (g * job.fblocks + fb) * FC_MR
                                      if c0 == 0 else NULL)
     cdef floating *c = stage + (fb - fb0) * FC_MR * job.stage_pitch + j0
+    cdef Py_ssize_t ldc = job.stage_pitch
+    if out_band != NULL and j0 < out_end and (fb + 1 + pair) * FC_MR <= job.filters_per_group:
+        c = out_band + fb * FC_MR * job.out_pixels + j0
+        ldc = job.out_pixels
     # The block's filters in place (valid for fb < inplace_blocks)
     cdef const floating *in_place = (filters + (g * job.filters_per_group + fb * FC_MR) * depth
                                      + c0 * taps)
     if pair:
-        _microkernel_rows2(cc * taps, in_place, depth, b, b_rows, c, job.stage_pitch, bias_ptr,
-                           relu)
+        _microkernel_rows2(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu)
     elif fb < job.inplace_blocks:
-        _microkernel_rows(cc * taps, in_place, depth, b, b_rows, c, job.stage_pitch, bias_ptr,
-                          relu, nv)
+        _microkernel_rows(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu, nv)
     else:
         _microkernel(cc * taps,
                      packed + ((g * job.packed_blocks + fb - job.inplace_blocks) * depth
                                + c0 * taps) * FC_MR,
-                     b, b_rows, c, job.stage_pitch, bias_ptr, relu, nv)
+                     b, b_rows, c, ldc, bias_ptr, relu, nv)
 
 
 cdef void _gather_panels(
@@ -613,7 +621,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     cdef Py_ssize_t nr = job.nr, fblocks = job.fblocks
     cdef bint relu = job.relu
     cdef Py_ssize_t n, g, fc, rb, oh0, rows, q_len, fb0, fb1, fb, c0, cc, j0, k, tiles_end
-    cdef Py_ssize_t i, n_stacked = 0, band_bytes
+    cdef Py_ssize_t i, n_stacked = 0, band_bytes, out_end = 0, f_end, full_end, start
+    cdef floating *out_band = NULL
     cdef Py_ssize_t f_local, lanes = FC_LANES_F32 if floating is float else FC_LANES_F64
     cdef int nv
     cdef const floating *b
@@ -633,6 +642,15 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         q_len = n_stacked * job.out_h * job.out_w
     fb0 = fc * job.fblocks_per_task
     fb1 = min(fb0 + job.fblocks_per_task, fblocks)
+    if job.out_direct and n_stacked == 0 and job.channels_per_chunk * taps <= OUT_SWEEP_DEPTH:
+        # Whole tiles accumulate in the output (see _gemm_forward), each block of filters
+        # sweeping the band: its MR output rows written in order, not a staged tile of all
+        # the task's filters written per tile and copied out. (Tiles written straight to
+        # the output per tile, every block, ran up to 2x slower at 1 thread: 4 * blocks
+        # store streams.)
+        out_band = (<floating *>job.out + (n * job.n_filters + g * job.filters_per_group)
+                    * job.out_pixels + oh0 * job.out_w)
+        out_end = _whole_tiles_end(q_len, lanes)
     c0 = 0
     while c0 < in_per_group:
         cc = min(job.channels_per_chunk, in_per_group - c0)
@@ -687,9 +705,9 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
             while fb < fb1:
                 pair = fb + 1 < fb1 and fb + 1 < job.inplace_blocks
                 _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                           0, 1, relu and last, pair)
+                           0, 1, relu and last, pair, out_band, out_end)
                 fb = fb + 1 + pair
-        elif band_bytes <= L1_SLAB_BYTES:
+        elif band_bytes <= L1_SLAB_BYTES or out_band != NULL:
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
             # block of filters, and each block's weights stay in L1 (deep, small maps).
             for fb in range(fb0, fb1):
@@ -697,7 +715,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 while j0 < q_len:
                     nv = _tile_vectors(j0, q_len, lanes)
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               j0, nv, relu and last, False)
+                               j0, nv, relu and last, False, out_band, out_end)
                     j0 = j0 + nv * lanes
         else:
             # Per tile of pixels, every block of filters: the tile's input window stays in L1.
@@ -709,12 +727,19 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                                      cc, nr * sizeof(floating))
                 for fb in range(fb0, fb1):
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               j0, nv, relu and last, False)
+                               j0, nv, relu and last, False, NULL, 0)
                 j0 = j0 + nv * lanes
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.
     f_local = fb0 * FC_MR
-    if n_stacked == 0:
+    if out_band != NULL:  # only what did not go straight to the output (see _gemm_tile)
+        f_end = min(fb1 * FC_MR, job.filters_per_group)
+        full_end = job.filters_per_group - job.filters_per_group % FC_MR
+        for i in range(f_local, f_end):
+            start = out_end if i < full_end else 0
+            _copy(out_band + i * job.out_pixels + start,
+                  stage + (i - f_local) * job.stage_pitch + start, q_len - start)
+    elif n_stacked == 0:
         _copy_out(stage, job.stage_pitch, job.pitch,
                   min(fb1 * FC_MR, job.filters_per_group) - f_local,
                   rows, oh0, <floating *>job.out + n * job.n_filters * job.pooled_pixels,
@@ -853,6 +878,11 @@ cdef int _gemm_forward(
     job.fchunks, job.fblocks, job.fblocks_per_task = fchunks, fblocks, fblocks_per_task
     job.inplace_blocks, job.packed_blocks = inplace_blocks, packed_blocks
     job.depth, job.taps, job.nr, job.stage_pitch = depth, taps, nr, stage_pitch
+    job.out_pixels = out_pixels
+    # Without junk columns (pitch == out_w) a band's pixels are a run of each output plane
+    # (NCHW), so whole tiles accumulate there directly: no staged copy to write out.
+    job.out_direct = (not channels_last and pool == 1 and pitch == out_w and not one_filter
+                      and images_per_task == 0)
     job.pooled_pixels, job.pool, job.wrap = pooled_pixels, pool, wrap
     job.direct, job.panels, job.one_filter, job.relu, job.channels_last = (
         direct, panels, one_filter, relu, channels_last)

@@ -1383,6 +1383,35 @@ def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
     assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kwargs", [
+    (1, 13, 17, 19, 96, {}),                  # partial last tile of every band
+    (2, 13, 9, 11, 13, {}),                   # a last block of one filter: staged
+    (1, 30, 2, 4999, 13, {}),                 # wide rows: several chunks of channels
+    (3, 16, 6, 10, 24, {"groups": 2}),        # each group's planes
+    (2, 8, 12, 16, 20, {"stride": (2, 1)}),   # rows skipped, columns whole
+])
+def test_pointwise_tiles_written_in_place(rng, n, c, h, w, f, kwargs, dtype):
+    """1x1 layers with short reductions accumulate whole tiles straight into the output
+    (NCHW, no junk columns) and stage only the rest: a last partial tile, a last block of
+    fewer than MR filters. Exact against the reference for 1-3 threads, with ReLU, into a
+    given out= (NaN-filled first), and beside NHWC, which stages everything."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=(1, 1),
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    for threads in (1, 2, 3):
+        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
+                           expected)
+    assert_array_equal(fastconv.conv2d(x, weight, b, activation="relu", **kwargs),
+                       np.maximum(expected, 0))
+    out = np.full(expected.shape, np.nan, dtype)
+    assert fastconv.conv2d(x, weight, b, out=out, **kwargs) is out
+    assert_array_equal(out, expected)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC", **kwargs),
+                       expected.transpose(0, 2, 3, 1))
+
+
 def test_stacking_limits(rng):
     """Maps whose bands waste few lanes, and one-filter groups, keep bands of one image; a
     stacked task's staged tile fits L2 (many filters: fewer per task)."""
