@@ -3,8 +3,8 @@
  * On a virtual machine an idle vCPU may be taken off its host core; Linux then sees it as
  * preempted and wakes a sleeping OpenMP worker on the CPU of the thread that woke it (the
  * master). Both then share one CPU until the load balancer moves one, milliseconds later:
- * measured on this project's 2-vCPU VM, after a 5 ms pause 94% of small parallel regions
- * ran their two threads on one CPU, each region 6x slower than on two. A worker that finds
+ * measured on this project's 2-vCPU VM, after a 5 ms pause 63-96% of small parallel regions
+ * ran their two threads on one CPU, each region 3-6x slower than on two. A worker that finds
  * itself on the master's CPU at the start of a region moves itself off it: it narrows its
  * own affinity to the process's CPUs minus the master's. Only the OpenMP workers change;
  * the calling thread and the rest of the process keep their affinity.

@@ -153,8 +153,8 @@ def test_concurrent_callers_bit_identical_and_threads_bounded(rng):
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux thread placement")
 def test_workers_leave_the_calling_threads_cpu(rng):
     """A virtual machine's scheduler may wake a sleeping OpenMP worker on the CPU of the
-    thread that woke it (``_threads.h``); 94% of 2-thread regions after a 5 ms pause did on
-    the project's VM, each 6x slower. The worker moves off that CPU as the region starts,
+    thread that woke it (``_threads.h``); 63-96% of 2-thread regions after a 5 ms pause did
+    on the project's VM, each 3-6x slower. The worker moves off that CPU as the region starts,
     and the calling thread's own affinity stays as it was."""
     affinity = os.sched_getaffinity(0)
     if len(affinity) < 2:
