@@ -709,7 +709,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 fb = fb + 1 + pair
         elif band_bytes <= L1_SLAB_BYTES or out_band != NULL:
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
-            # block of filters, and each block's weights stay in L1 (deep, small maps).
+            # block of filters, and each block's weights stay in L1 (deep, small maps). Tiles
+            # written straight to the output go this way too (see out_band above).
             for fb in range(fb0, fb1):
                 j0 = 0
                 while j0 < q_len:
