@@ -5,7 +5,7 @@
 # does not depend on the thread count. Input and output may be the same buffer (in place).
 # Large out-of-place results are written with non-temporal stores.
 
-from cython.parallel cimport parallel, prange, threadid
+from cython.parallel cimport parallel, prange
 
 from cython cimport floating
 
@@ -136,8 +136,7 @@ def relu(
     stream = <const void *>src != <const void *>dst and n * sizeof(floating) >= STREAM_MIN_BYTES
     master_cpu = fc_current_cpu()
     with nogil, parallel(num_threads=num_threads, use_threads_if=n >= PARALLEL_MIN_ELEMENTS):
-        if threadid() > 0:
-            fc_leave_master_cpu(master_cpu)  # see _threads.h
+        fc_leave_master_cpu(master_cpu)  # see _threads.h
         for chunk in prange(n_chunks, schedule="static"):
             start = chunk * CHUNK
             _relu_span(dst + start, src + start, min(CHUNK, n - start), stream)

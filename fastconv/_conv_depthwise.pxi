@@ -171,8 +171,7 @@ cdef int _depthwise_forward(
     if num_threads > 1 and work > PARALLEL_WORK:
         master_cpu = fc_current_cpu()
         with nogil, parallel(num_threads=num_threads):
-            if threadid() > 0:
-                fc_leave_master_cpu(master_cpu)  # see _threads.h
+            fc_leave_master_cpu(master_cpu)  # see _threads.h
             slab = scratch_data + threadid() * scratch_per_thread
             stage = slab + slab_size
             for task in prange(n_tasks, schedule="dynamic"):

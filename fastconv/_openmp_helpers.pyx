@@ -33,8 +33,7 @@ def region_cpus(int num_threads):
     for i in range(n):
         cpus[i] = -1
     with nogil, parallel(num_threads=n):
-        if threadid() > 0:
-            fc_leave_master_cpu(master_cpu)
+        fc_leave_master_cpu(master_cpu)
         cpus[threadid()] = fc_current_cpu()
     return [cpus[i] for i in range(n)]
 

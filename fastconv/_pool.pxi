@@ -781,8 +781,7 @@ def max_pool2d_values(
     if not separable or kw > SEPARABLE_MAX_TAPS:
         master_cpu = fc_current_cpu()
         with nogil, parallel(num_threads=num_threads, use_threads_if=threaded):
-            if threadid() > 0:
-                fc_leave_master_cpu(master_cpu)  # see _threads.h
+            fc_leave_master_cpu(master_cpu)  # see _threads.h
             for item in prange(n_items, schedule="static"):
                 b = item // g.OH
                 oh = item - b * g.OH
@@ -814,8 +813,7 @@ def max_pool2d_values(
     try:
         master_cpu = fc_current_cpu()
         with nogil, parallel(num_threads=num_threads, use_threads_if=threaded):
-            if threadid() > 0:
-                fc_leave_master_cpu(master_cpu)  # see _threads.h
+            fc_leave_master_cpu(master_cpu)  # see _threads.h
             for item in prange(n_items, schedule="static"):
                 b = item // g.OH
                 oh = item - b * g.OH
@@ -860,8 +858,7 @@ def max_pool2d_indices(
     idx_data = &indices[0, 0, 0, 0]
     master_cpu = fc_current_cpu()
     with nogil, parallel(num_threads=num_threads, use_threads_if=threaded):
-        if threadid() > 0:
-            fc_leave_master_cpu(master_cpu)  # see _threads.h
+        fc_leave_master_cpu(master_cpu)  # see _threads.h
         for item in prange(n_items, schedule="static"):
             b = item // g.OH
             oh = item - b * g.OH

@@ -12,6 +12,13 @@
 #ifndef FASTCONV_THREADS_H
 #define FASTCONV_THREADS_H
 
+#ifdef _OPENMP
+#include <omp.h>
+#define fc_thread_num() omp_get_thread_num()
+#else
+#define fc_thread_num() 0
+#endif
+
 #if defined(__linux__)
 #include <sched.h>
 #include <unistd.h>
@@ -30,11 +37,13 @@ static void fc_move_off_cpu(int cpu)
     if (CPU_COUNT(&others) > 0) sched_setaffinity(0, sizeof others, &others);
 }
 
-/* Called by a worker (not the master) as a region starts; master_cpu from fc_current_cpu()
- * just before it. Costs one sched_getcpu() unless the two share a CPU. */
+/* Called by every thread of a region as it starts, with master_cpu from fc_current_cpu()
+ * just before the region; the master itself returns at once. Costs a worker one
+ * sched_getcpu() unless it shares the master's CPU. */
 static inline void fc_leave_master_cpu(int master_cpu)
 {
-    if (master_cpu >= 0 && sched_getcpu() == master_cpu) fc_move_off_cpu(master_cpu);
+    if (fc_thread_num() > 0 && master_cpu >= 0 && sched_getcpu() == master_cpu)
+        fc_move_off_cpu(master_cpu);
 }
 #else
 static inline int fc_current_cpu(void) { return -1; }

@@ -1345,6 +1345,18 @@ def _images_per_task(x, weight, **kwargs):
     return call.runner.plan.images_per_task
 
 
+def assert_exact_across_paths(x, weight, b, expected, **kwargs):
+    """conv2d of NCHW x equals ``expected`` exactly for 1-3 threads, with ReLU, and in NHWC."""
+    for threads in (1, 2, 3):
+        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
+                           expected)
+    assert_array_equal(fastconv.conv2d(x, weight, b, activation="relu", **kwargs),
+                       np.maximum(expected, 0))
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC", **kwargs),
+                       expected.transpose(0, 2, 3, 1))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
     # 4x4 maps: 16 pixels per image, not 4 rows of 5 (float64 at 4 lanes: whole vectors)
@@ -1370,14 +1382,7 @@ def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
     if h * w != 16 or 16 % lanes:  # the plans stack these at every ISA level
         assert _images_per_task(x, weight, **kwargs) > 0
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    for threads in (1, 2, 3):
-        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
-                           expected)
-    assert_array_equal(fastconv.conv2d(x, weight, b, activation="relu", **kwargs),
-                       np.maximum(expected, 0))
-    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC", **kwargs),
-                       expected.transpose(0, 2, 3, 1))
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
     wide = np.zeros((n, c, h, w + 3), dtype)
     wide[..., :w] = x
     assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
@@ -1399,17 +1404,10 @@ def test_pointwise_tiles_written_in_place(rng, n, c, h, w, f, kwargs, dtype):
     x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=(1, 1),
                                groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    for threads in (1, 2, 3):
-        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
-                           expected)
-    assert_array_equal(fastconv.conv2d(x, weight, b, activation="relu", **kwargs),
-                       np.maximum(expected, 0))
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
     out = np.full(expected.shape, np.nan, dtype)
     assert fastconv.conv2d(x, weight, b, out=out, **kwargs) is out
     assert_array_equal(out, expected)
-    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC", **kwargs),
-                       expected.transpose(0, 2, 3, 1))
 
 
 def test_stacking_limits(rng):
