@@ -276,9 +276,15 @@ cdef inline void _copy_strided(floating *dst, const floating *src, Py_ssize_t st
     cdef Py_ssize_t k
     if step == 1:
         _copy(dst, src, n)
-    elif step == 2:  # stride 2 with a constant step vectorises (even lanes)
+    elif step == 2:  # a constant step vectorises (through lane permutes)
         for k in range(n):
             dst[k] = src[2 * k]
+    elif step == 3:
+        for k in range(n):
+            dst[k] = src[3 * k]
+    elif step == 4:
+        for k in range(n):
+            dst[k] = src[4 * k]
     else:
         for k in range(n):
             dst[k] = src[k * step]
@@ -307,17 +313,18 @@ cdef void _fill_slab(
     cdef const floating *next_rows
     cdef const floating *src
     cdef floating *dst
-    for ph in range(phases):
-        lo = col_inner[3 * ph]
-        hi = col_inner[3 * ph + 1]
-        offset = col_inner[3 * ph + 2]
-        for row in range(slab_rows):
+    # Rows outer, phases inner: a strided input row is read once from L2 for all its phases.
+    for row in range(slab_rows):
+        src_row = row_src[row]
+        for ph in range(phases):
             dst = slab + (ph * slab_rows + row) * pitch   # channel 0; channel c is + c * stride
-            src_row = row_src[row]
             if src_row < 0:
                 for c in range(channels):
                     memset(dst + c * channel_stride, 0, pitch * sizeof(floating))
                 continue
+            lo = col_inner[3 * ph]
+            hi = col_inner[3 * ph + 1]
+            offset = col_inner[3 * ph + 2]
             x_row = x + src_row * sh
             # Borders (padding of every mode) through the index map.
             for c in range(channels):
@@ -352,7 +359,7 @@ cdef void _fill_slab(
                     src = x_row + (k * stride_w + offset) * sw
                     for c in range(channels):
                         dst[c * channel_stride + k] = src[c]
-            elif channels == 1 or row + 1 == slab_rows or row_src[row + 1] < 0:
+            elif channels == 1 or ph > 0 or row + 1 == slab_rows or row_src[row + 1] < 0:
                 for c in range(channels):
                     _copy_strided(dst + c * channel_stride + lo,
                                   x_row + c * sc + (lo * stride_w + offset) * sw, step, hi - lo)
