@@ -271,6 +271,9 @@ class DepthwisePlan(NamedTuple):
 DEPTHWISE_SLAB_BYTES = 128 * 1024
 # Groups per depthwise task in NHWC: enough adjacent channels to copy pixels, not channels.
 DEPTHWISE_NHWC_GROUPS = 16
+# Output pixels per depthwise NCHW task at least (in whole planes): a 7x7 plane alone is
+# less work than starting its task and filling its slab's rows.
+DEPTHWISE_TASK_PIXELS = 2048
 
 
 @functools.lru_cache(maxsize=256)
@@ -290,7 +293,13 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
     def slab_rows_for(rows):
         return (rows - 1) * sh + (kh - 1) * dh + 1
 
-    groups_per_task = min(groups, DEPTHWISE_NHWC_GROUPS) if channels_last else 1
+    if channels_last:
+        groups_per_task = min(groups, DEPTHWISE_NHWC_GROUPS)
+    else:
+        # Small planes: several channels per task, so that dispatch and the fill's per-row
+        # setup are shared, but still MIN_TASKS tasks where the batch allows.
+        groups_per_task = max(1, min(DEPTHWISE_TASK_PIXELS // (out_h * out_w * multiplier),
+                                     groups // -(-MIN_TASKS // n_images)))
     rows = out_h
     while (rows > row_multiple and groups_per_task * phases * slab_rows_for(rows) * pitch
            * itemsize > DEPTHWISE_SLAB_BYTES):

@@ -278,6 +278,39 @@ def test_depthwise_fused_pooling_equals_separate_calls(rng, layout, stride, pool
     assert_array_equal(fused.view(np.uint32), separate.view(np.uint32))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, h, w, stride, pool", [
+    (5, 7, 7, 1, 1),     # rows staged (a 7-wide row is under half a vector)
+    (3, 14, 14, 2, 1),   # two column phases
+    (2, 9, 20, 1, 1),    # rows straight into the output
+    (4, 12, 13, 1, 2),   # fused pooling
+    (1, 10, 10, 2, 2),
+])
+def test_depthwise_small_planes_share_a_task(rng, n, h, w, stride, pool, dtype):
+    """NCHW depthwise layers with small planes give each task several channels (one slab,
+    one copy-out per task): exact for any thread count, with ReLU and fused pooling."""
+    from fastconv import _conv_plan
+    from fastconv.conv import _conv2d
+
+    c = 40
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=2 * c, kernel=(3, 3), groups=c,
+                               integer=True, dtype=dtype)
+    out_h, out_w = (h - 1) // stride + 1, (w - 1) // stride + 1
+    plan = _conv_plan.depthwise_plan(
+        n_images=n, groups=c, multiplier=2, height=h, width=w, out_h=out_h, out_w=out_w,
+        kernel=(3, 3), stride=(stride, stride), dilation=(1, 1), pads=(1, 1, 1, 1),
+        padding_mode="zeros", lanes=4, itemsize=np.dtype(dtype).itemsize,
+        channels_last=False, row_multiple=pool)
+    assert plan.groups_per_task > 1
+    expected = conv2d_reference(x, weight, b, stride=stride, padding=1, groups=c).astype(dtype)
+    if pool > 1:
+        expected = fastconv.max_pool2d(np.maximum(expected, 0), pool)
+    for threads in (1, 2, 3):
+        got = _conv2d(x, weight, b, stride, 1, 1, c, "zeros", "NCHW",
+                      "relu" if pool > 1 else None, None, threads, pool)
+        assert_array_equal(got, expected)
+
+
 # Larger layers that reach the blocked / packed / parallel paths of the kernel.
 LARGER = [
     dict(n=2, c=3, h=32, w=32, f=64, kernel=(3, 3), padding="same"),  # seed layer, small
