@@ -393,7 +393,7 @@ cdef class DepthwiseCall(_KernelCall):
     (_conv_plan.DepthwisePlan) and the call's scalars. Weight is (C * M, 1, KH, KW)
     C-contiguous (any shape of that size), bias (C * M,) or None."""
     cdef _Arg tap_offset
-    cdef Py_ssize_t multiplier, taps, stride_h, stride_w, groups_per_task, stage_row
+    cdef Py_ssize_t multiplier, taps, stride_h, stride_w, groups_per_task, stage_row, blocked
 
     def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, bint channels_last,
                  Py_ssize_t multiplier, kernel, stride, out_hw, bint relu, Py_ssize_t pool,
@@ -406,6 +406,7 @@ cdef class DepthwiseCall(_KernelCall):
         self.stride_h, self.stride_w = stride
         self.groups_per_task = plan.groups_per_task
         self.stage_row = plan.stage_row
+        self.blocked = plan.blocked
         _table(plan.tap_offset, "tap_offset", 0, self.slab_size, &self.tap_offset)
         cdef Py_ssize_t channels = self.x_shape[1]
         if (multiplier < 1 or self.tap_offset.shape[0] < self.taps
@@ -414,6 +415,11 @@ cdef class DepthwiseCall(_KernelCall):
                 * self.row_src.shape[1] * self.col_src.shape[1]
                 or self.scratch_per_thread < self.slab_size + self.groups_per_task
                 * multiplier * self.rows_per_task * self.stage_row
+                + ((multiplier * (self.taps + 1) + self.row_src.shape[1] * self.x_shape[3])
+                   * self.blocked if self.blocked else 0)
+                or (self.blocked and (self.groups_per_task != self.blocked or pool > 1
+                                      or self.col_src.shape[0] != 1
+                                      or self.stage_row != self.out_w))
                 or self.out_size != self.x_shape[0] * channels * multiplier
                 * ((self.out_h // pool) * (self.out_w // pool) if pool > 1
                    else self.out_h * self.out_w)):
@@ -441,7 +447,7 @@ cdef class DepthwiseCall(_KernelCall):
                                self.stride_h, self.stride_w, self.out_h, self.out_w,
                                self.rows_per_task, self.groups_per_task, self.stage_row,
                                self.slab_size, self.channels_last, self.relu, self.pool,
-                               threads)
+                               threads, self.blocked)
         else:
             _depthwise_forward(x, <const double *>wv.data, <const double *>bv.data,
                                <double *>out, <double *>scratch, &self.row_src, &self.col_src,
@@ -449,7 +455,7 @@ cdef class DepthwiseCall(_KernelCall):
                                self.stride_h, self.stride_w, self.out_h, self.out_w,
                                self.rows_per_task, self.groups_per_task, self.stage_row,
                                self.slab_size, self.channels_last, self.relu, self.pool,
-                               threads)
+                               threads, self.blocked)
         return 0
 
 

@@ -19,6 +19,12 @@ cdef extern from "_conv_microkernel.h" nogil:
                              Py_ssize_t b_step, const Py_ssize_t *b_offset, double *c,
                              Py_ssize_t c_step, Py_ssize_t n_rows, Py_ssize_t n, double bias,
                              int relu)
+    void fc_blocked_row_f32(Py_ssize_t taps, const float *w, const float *b,
+                            Py_ssize_t b_step, const Py_ssize_t *b_offset, float *c,
+                            Py_ssize_t n, const float *bias, int relu)
+    void fc_blocked_row_f64(Py_ssize_t taps, const double *w, const double *b,
+                            Py_ssize_t b_step, const Py_ssize_t *b_offset, double *c,
+                            Py_ssize_t n, const double *bias, int relu)
 
 
 LANES_FLOAT32 = FC_LANES_F32  # vector lanes: the depthwise kernel computes whole vectors
@@ -33,6 +39,15 @@ cdef inline void _stencil_rows(Py_ssize_t taps, const floating *w, const floatin
         fc_stencil_rows_f32(taps, w, b, b_step, b_offset, c, c_step, n_rows, n, bias, relu)
     else:
         fc_stencil_rows_f64(taps, w, b, b_step, b_offset, c, c_step, n_rows, n, bias, relu)
+
+
+cdef inline void _blocked_row(Py_ssize_t taps, const floating *w, const floating *b,
+                              Py_ssize_t b_step, const Py_ssize_t *b_offset, floating *c,
+                              Py_ssize_t n, const floating *bias, bint relu) noexcept nogil:
+    if floating is float:
+        fc_blocked_row_f32(taps, w, b, b_step, b_offset, c, n, bias, relu)
+    else:
+        fc_blocked_row_f64(taps, w, b, b_step, b_offset, c, n, bias, relu)
 
 
 ctypedef struct _DepthwiseJob:
@@ -52,6 +67,8 @@ ctypedef struct _DepthwiseJob:
     Py_ssize_t row_blocks, chunks, rows_per_task, groups_per_task, out_h, out_w
     Py_ssize_t stage_row, filter_pitch, pooled_pixels, pool
     bint direct, relu, channels_last
+    Py_ssize_t blocked            # lanes of a channel block, 0: planar (see _conv_plan)
+    Py_ssize_t width              # input columns
 
 
 cdef void _depthwise_task(const _DepthwiseJob *job, Py_ssize_t task, floating *slab,
@@ -104,6 +121,174 @@ cdef void _depthwise_task(const _DepthwiseJob *job, Py_ssize_t task, floating *s
                   out_h, out_w, job.channels_last, job.pool)
 
 
+cdef inline void _zero(floating *dst, Py_ssize_t n) noexcept nogil:
+    """dst[:n] = 0 inline (a vector or two: memset's call would cost more)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        dst[k] = 0
+
+
+cdef inline void _transpose(floating *dst, Py_ssize_t ld_dst, const floating *src,
+                            Py_ssize_t ld_src) noexcept nogil:
+    """A T x T block (rows ld_src apart) into its transpose (rows ld_dst apart)."""
+    if floating is float:
+        fc_transpose_f32(dst, ld_dst, src, ld_src)
+    else:
+        fc_transpose_f64(dst, ld_dst, src, ld_src)
+
+
+cdef void _planes_to_lanes(const floating *src, Py_ssize_t plane, Py_ssize_t pixels,
+                           Py_ssize_t cc, Py_ssize_t lanes, floating *dst) noexcept nogil:
+    """dst[p * lanes + i] = src[i * plane + p] for p < pixels, i < cc; lanes past cc are
+    zero. T x T blocks through register transposes, the edges element by element."""
+    cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
+    cdef Py_ssize_t p = 0, lane, first, i
+    if cc < lanes:
+        memset(dst, 0, pixels * lanes * sizeof(floating))
+    while p + t <= pixels:
+        lane = 0
+        while lane + t <= cc:
+            _transpose(dst + p * lanes + lane, lanes, src + lane * plane + p, plane)
+            lane = lane + t
+        first = lane
+        for lane in range(first, cc):
+            for i in range(p, p + t):
+                dst[i * lanes + lane] = src[lane * plane + i]
+        p = p + t
+    for lane in range(cc):
+        for i in range(p, pixels):
+            dst[i * lanes + lane] = src[lane * plane + i]
+
+
+cdef void _lanes_to_planes(const floating *src, Py_ssize_t lanes, Py_ssize_t pixels,
+                           Py_ssize_t cc, floating *dst, Py_ssize_t plane) noexcept nogil:
+    """The inverse of _planes_to_lanes: dst[i * plane + p] = src[p * lanes + i]."""
+    cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
+    cdef Py_ssize_t p = 0, lane, first, i
+    while p + t <= pixels:
+        lane = 0
+        while lane + t <= cc:
+            _transpose(dst + lane * plane + p, plane, src + p * lanes + lane, lanes)
+            lane = lane + t
+        first = lane
+        for lane in range(first, cc):
+            for i in range(p, p + t):
+                dst[lane * plane + i] = src[i * lanes + lane]
+        p = p + t
+    for lane in range(cc):
+        for i in range(p, pixels):
+            dst[lane * plane + i] = src[i * lanes + lane]
+
+
+cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, floating *slab,
+                                  floating *stage) noexcept nogil:
+    """One task of the channel-blocked kernel: a band of output rows of one image for
+    job.blocked adjacent channels, each in its own lane of every vector. The slab is
+    (slab row, padded column, lane), the staged output (filter m, pixel, lane); after it
+    the task's weights (m, tap, lane) and bias (m, lane)."""
+    cdef const floating *x_data = <const floating *>job.x
+    cdef const floating *weight_data = <const floating *>job.weight
+    cdef const floating *bias_data = <const floating *>job.bias
+    cdef floating *out_data = <floating *>job.out
+    cdef Py_ssize_t lanes = job.blocked, per_channel = job.per_channel, taps = job.taps
+    cdef Py_ssize_t out_w = job.out_w, out_h = job.out_h, n_filters = job.n_filters
+    cdef Py_ssize_t cols = job.pitch, sc = job.sc
+    cdef Py_ssize_t n, chunk, rb, oh0, rows, c0, cc, row, col, lane, m, r, p, src_row, src_col
+    cdef Py_ssize_t pixels, f
+    cdef const floating *src
+    cdef floating *dst
+    rb = task % job.row_blocks
+    chunk = (task // job.row_blocks) % job.chunks
+    n = task // (job.row_blocks * job.chunks)
+    oh0 = rb * job.rows_per_task
+    rows = min(job.rows_per_task, out_h - oh0)
+    pixels = rows * out_w
+    c0 = chunk * lanes
+    cc = min(lanes, job.channels - c0)
+    cdef floating *weights = stage + per_channel * job.rows_per_task * out_w * lanes
+    cdef floating *bias = weights + per_channel * taps * lanes
+    # Weights and bias as vectors: lane i of filter m is filter (c0 + i) * M + m.
+    for m in range(per_channel):
+        for lane in range(lanes):
+            f = (c0 + lane) * per_channel + m
+            for r in range(taps):
+                weights[(m * taps + r) * lanes + lane] = (weight_data[f * taps + r]
+                                                          if lane < cc else 0)
+            bias[m * lanes + lane] = (bias_data[f] if lane < cc and bias_data != NULL
+                                      else 0)
+    # Fill: each padded pixel's channels into one vector (zeros: padding, lanes past cc).
+    cdef const Py_ssize_t *row_src = job.row_src + rb * job.slab_rows
+    cdef const floating *x_image = x_data + n * job.sn + c0 * sc
+    cdef Py_ssize_t lo = job.col_inner[0], hi = job.col_inner[1], offset = job.col_inner[2]
+    cdef Py_ssize_t width = job.width, first_row = -1, last_row = -1
+    cdef floating *pixels_in = bias + per_channel * lanes  # (input pixel, lane) of the band
+    for row in range(job.slab_rows):
+        if row_src[row] >= 0:
+            first_row = row_src[row] if first_row < 0 else min(first_row, row_src[row])
+            last_row = max(last_row, row_src[row])
+    if sc != 1 and job.sw == 1 and job.sh == width and 0 <= first_row and (
+            last_row - first_row < job.slab_rows):
+        # Planar channels with contiguous rows (NCHW): the band's input rows are one run of
+        # pixels per channel, turned into (pixel, lane) by T x T register transposes; the
+        # slab rows are then vector copies from it.
+        _planes_to_lanes(x_image + first_row * width, sc, (last_row - first_row + 1) * width,
+                         cc, lanes, pixels_in)
+        for row in range(job.slab_rows):
+            dst = slab + row * cols * lanes
+            if row_src[row] < 0:
+                memset(dst, 0, cols * lanes * sizeof(floating))
+                continue
+            src = pixels_in + (row_src[row] - first_row) * width * lanes
+            _copy(dst + lo * lanes, src + (lo + offset) * lanes, (hi - lo) * lanes)
+            for col in range(cols):
+                if lo <= col < hi:
+                    continue
+                src_col = job.col_src[col]
+                if src_col < 0:
+                    _zero(dst + col * lanes, lanes)
+                else:
+                    _copy(dst + col * lanes, src + src_col * lanes, lanes)
+    else:  # element by element (channels adjacent: a copy per pixel)
+        for row in range(job.slab_rows):
+            dst = slab + row * cols * lanes
+            src_row = row_src[row]
+            if src_row < 0 or cc < lanes:
+                memset(dst, 0, cols * lanes * sizeof(floating))
+            if src_row < 0:
+                continue
+            src = x_image + src_row * job.sh
+            for col in range(cols):
+                src_col = job.col_src[col]
+                if src_col < 0:
+                    _zero(dst + col * lanes, lanes)
+                elif sc == 1:
+                    _copy(dst + col * lanes, src + src_col * job.sw, cc)
+                else:
+                    for lane in range(cc):
+                        dst[col * lanes + lane] = src[lane * sc + src_col * job.sw]
+    for m in range(per_channel):
+        for r in range(rows):
+            _blocked_row(taps, weights + m * taps * lanes,
+                         slab + r * job.stride_h * cols * lanes, job.stride_w * lanes,
+                         job.offsets, stage + (m * pixels + r * out_w) * lanes, out_w,
+                         bias + m * lanes, job.relu)
+    # Copy out: lane i of filter m to output channel (c0 + i) * M + m.
+    for m in range(per_channel):
+        src = stage + m * pixels * lanes
+        if job.channels_last:
+            dst = out_data + (n * out_h + oh0) * out_w * n_filters + c0 * per_channel + m
+            for p in range(pixels):
+                if per_channel == 1:
+                    _copy(dst + p * n_filters, src + p * lanes, cc)
+                else:
+                    for lane in range(cc):
+                        dst[p * n_filters + lane * per_channel] = src[p * lanes + lane]
+        else:  # lane i to its channel's plane, the planes of M filters apart
+            _lanes_to_planes(src, lanes, pixels, cc,
+                             out_data + ((n * n_filters + c0 * per_channel + m) * out_h + oh0)
+                             * out_w, per_channel * out_h * out_w)
+
+
 cdef int _depthwise_forward(
     const _Arg *x,                 # IN  (N, C, H, W) any element strides
     const floating *weight_data,   # IN  (C*M, KH*KW): M filters per channel, C-contiguous
@@ -119,6 +304,7 @@ cdef int _depthwise_forward(
     Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t rows_per_task, Py_ssize_t groups_per_task, Py_ssize_t stage_row,
     Py_ssize_t slab_size, bint channels_last, bint relu, Py_ssize_t pool, int num_threads,
+    Py_ssize_t blocked,            # lanes per channel block (0: planar), see _conv_plan
 ) except -1:
     """out = depthwise conv(x, weight) + bias (then ReLU, then pool x pool / pool max
     pooling when pool > 1) for a whole batch; see this file's header. With pooling,
@@ -135,6 +321,8 @@ cdef int _depthwise_forward(
     cdef Py_ssize_t n_tasks = n_images * chunks * row_blocks
     cdef Py_ssize_t filter_pitch = rows_per_task * stage_row   # staged rows of one filter
     cdef Py_ssize_t scratch_per_thread = slab_size + groups_per_task * per_channel * filter_pitch
+    if blocked:  # the task's weights and bias as vectors, and its input pixels
+        scratch_per_thread += (per_channel * (taps + 1) + slab_rows * x.shape[3]) * blocked
     cdef Py_ssize_t sn = x.strides[0], sc = x.strides[1], sh = x.strides[2], sw = x.strides[3]
     cdef const Py_ssize_t *offsets = <const Py_ssize_t *>tap_offset.data
     cdef Py_ssize_t out_pixels = out_h * out_w
@@ -165,6 +353,7 @@ cdef int _depthwise_forward(
     job.stage_row, job.filter_pitch, job.pooled_pixels, job.pool = (
         stage_row, filter_pitch, pooled_pixels, pool)
     job.direct, job.relu, job.channels_last = direct, relu, channels_last
+    job.blocked, job.width = blocked, x.shape[3]
     # The slab's slack is read only by junk lanes past out_w, which are dropped. Small or
     # one-thread calls run the tasks in order outside OpenMP (see _gemm_forward).
     cdef int master_cpu
@@ -175,9 +364,15 @@ cdef int _depthwise_forward(
             slab = scratch_data + threadid() * scratch_per_thread
             stage = slab + slab_size
             for task in prange(n_tasks, schedule="dynamic"):
-                _depthwise_task(&job, task, slab, stage)
+                if blocked:
+                    _depthwise_blocked_task(&job, task, slab, stage)
+                else:
+                    _depthwise_task(&job, task, slab, stage)
     else:
         with nogil:
             for task in range(n_tasks):
-                _depthwise_task(&job, task, scratch_data, scratch_data + slab_size)
+                if blocked:
+                    _depthwise_blocked_task(&job, task, scratch_data, scratch_data + slab_size)
+                else:
+                    _depthwise_task(&job, task, scratch_data, scratch_data + slab_size)
     return 0

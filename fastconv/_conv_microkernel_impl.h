@@ -227,6 +227,60 @@ static inline void FC_NAME(fc_stencil_rows)(
     }
 }
 
+/* Channel-blocked depthwise convolution: each vector holds FC_LANES channels of one pixel,
+ * so a short output row still fills whole vectors. nb output pixels (nb <= 8):
+ *   c[k * FC_LANES + lane] = bias[lane] + sum_r w[r * FC_LANES + lane]
+ *                                          * b[b_offset[r] + k * b_step + lane]
+ * summed in the order of r, as fc_stencil_tile sums a channel's taps. */
+static inline __attribute__((always_inline)) void FC_NAME(fc_blocked_tile)(
+    const int nb, Py_ssize_t taps, const FC_T *restrict w, const FC_T *restrict b,
+    Py_ssize_t b_step, const Py_ssize_t *restrict b_offset, FC_T *restrict c,
+    const FC_T *restrict bias, int relu)
+{
+    FC_V acc[8];
+    const FC_V bv = *(const FC_VU *)bias;
+#pragma GCC unroll 8
+    for (int k = 0; k < nb; k++) acc[k] = bv;
+    for (Py_ssize_t r = 0; r < taps; r++) {
+        const FC_V wv = *(const FC_VU *)(w + r * FC_LANES);
+        const FC_T *br = b + b_offset[r];
+#pragma GCC unroll 8
+        for (int k = 0; k < nb; k++) acc[k] += wv * *(const FC_VU *)(br + k * b_step);
+    }
+    const FC_V zero = {0};
+#pragma GCC unroll 8
+    for (int k = 0; k < nb; k++) {
+        if (relu) acc[k] = (FC_V)((FC_VI)acc[k] & ~(FC_VI)(acc[k] < zero));
+        *(FC_VU *)(c + k * FC_LANES) = acc[k];
+    }
+}
+
+/* A row of n output pixels of the channel-blocked kernel, 8 at a time, then the rest. */
+static inline void FC_NAME(fc_blocked_row)(
+    Py_ssize_t taps, const FC_T *restrict w, const FC_T *restrict b, Py_ssize_t b_step,
+    const Py_ssize_t *restrict b_offset, FC_T *restrict c, Py_ssize_t n,
+    const FC_T *restrict bias, int relu)
+{
+    Py_ssize_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        FC_NAME(fc_blocked_tile)(8, taps, w, b + j * b_step, b_step, b_offset,
+                                 c + j * FC_LANES, bias, relu);
+    const FC_T *bj = b + j * b_step;
+    FC_T *cj = c + j * FC_LANES;
+#define FC_REST(nb) FC_NAME(fc_blocked_tile)(nb, taps, w, bj, b_step, b_offset, cj, bias, relu)
+    switch (n - j) {
+    case 1: FC_REST(1); break;
+    case 2: FC_REST(2); break;
+    case 3: FC_REST(3); break;
+    case 4: FC_REST(4); break;
+    case 5: FC_REST(5); break;
+    case 6: FC_REST(6); break;
+    case 7: FC_REST(7); break;
+    default: break;
+    }
+#undef FC_REST
+}
+
 #undef FC_T
 #undef FC_V
 #undef FC_VU

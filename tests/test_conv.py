@@ -311,6 +311,51 @@ def test_depthwise_small_planes_share_a_task(rng, n, h, w, stride, pool, dtype):
         assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("n, c, m, h, w, kernel, kwargs", [
+    (3, 37, 1, 7, 7, (3, 3), dict(padding=1)),                  # a partial last channel block
+    (2, 16, 2, 14, 14, (5, 5), dict(stride=2, padding=2)),      # two filters per channel
+    (4, 24, 1, 9, 11, (5, 5), dict(dilation=2, padding=4)),     # wider padding than input
+    (1, 40, 1, 6, 5, (3, 3), dict(padding=1, padding_mode="reflect")),
+    (2, 20, 1, 5, 6, (3, 3), dict(padding=2, padding_mode="circular")),  # rows far apart
+    (1, 33, 2, 10, 3, (3, 2), dict(padding=(1, 0), padding_mode="replicate")),
+    (5, 8, 1, 30, 28, (3, 3), dict(padding=1)),                 # 28 wide, NCHW too
+    (1, 20, 1, 70, 12, (7, 7), dict(padding=3)),                # bands of rows
+    (1, 8, 1, 40, 9, (3, 3), dict(padding=1, padding_mode="circular")),  # a band's rows wrap
+])
+def test_depthwise_channel_blocked(rng, n, c, m, h, w, kernel, kwargs, layout, dtype):
+    """Short output rows take the channel-blocked depthwise kernel (a vector holds
+    adjacent channels of one pixel): exact for every padding mode, stride, dilation and
+    multiplier, in both layouts, with ReLU, for strided views, for any thread count."""
+    from fastconv import _conv_plan
+
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=c * m, kernel=kernel, groups=c,
+                               integer=True, dtype=dtype)
+    kwargs = dict(kwargs, groups=c)
+    call, *_ = fastconv.conv._validate(
+        x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1)), weight, b,
+        kwargs.get("stride", 1), kwargs.get("padding", 0), kwargs.get("dilation", 1), c,
+        kwargs.get("padding_mode", "zeros"), layout, None, 1)
+    assert call.runner.plan.blocked > 1
+    assert _conv_plan.DEPTHWISE_BLOCKED_WIDTH >= 28
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    if layout == "NCHW":
+        assert_exact_across_paths(x, weight, b, expected, **kwargs)
+        wide = np.zeros((n, c, h, w + 3), dtype)
+        wide[..., :w] = x
+        assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
+        # a strided view of the columns: element by element
+        assert_array_equal(fastconv.conv2d(np.repeat(x, 2, axis=3)[..., ::2], weight, b,
+                                           **kwargs), expected)
+    else:
+        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        for threads in (1, 2, 3):
+            got = fastconv.conv2d(nhwc, weight, b, layout="NHWC", num_threads=threads,
+                                  activation="relu", **kwargs)
+            assert_array_equal(got, np.maximum(expected, 0).transpose(0, 2, 3, 1))
+
+
 # Larger layers that reach the blocked / packed / parallel paths of the kernel.
 LARGER = [
     dict(n=2, c=3, h=32, w=32, f=64, kernel=(3, 3), padding="same"),  # seed layer, small
