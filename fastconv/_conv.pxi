@@ -94,9 +94,13 @@ cdef extern from "_threads.h" nogil:
 
 ISA = FC_ISA_NAME.decode()
 # 1x1 convolutions read x in place while a chunk of channels spans at most this (see
-# _gemm_forward); an L2's worth.
+# _gemm_forward), an L2's worth, or has at most DIRECT_STREAMS channels, streams that the
+# hardware prefetcher follows over any plane size (measured on Zen 4, 2 threads, in place
+# / slab: 5-16 channels of 112x112 and 224x224, 0.78-0.92; 1x1 layers of 16 groups,
+# 0.64-0.70; at 24-32 channels 0.94-1.11, so not there).
 cdef enum:
     DIRECT_SPAN_BYTES = 256 * 1024
+    DIRECT_STREAMS = 16
 # Calls with less work (multiply-adds) than this run on one thread: waking a second costs more.
 cdef enum:
     PARALLEL_WORK = 200000
@@ -829,13 +833,13 @@ cdef int _gemm_forward(
     # needs no slab: a band of a channel is a run of x, so whole tiles read x in place
     # (reduction row c at c * sc), and only the last, partial tile of a band goes through the
     # slab (reading past the band could leave x's memory). Only while a chunk of channels
-    # spans little memory: over large planes the tiles' many strided streams read slower
-    # than the slab's row-by-row copy (measured: 256 planes of 56x56, 7% slower in place;
-    # 72 planes of 14x14, 17% faster).
+    # spans little memory or is a few streams: over large planes many strided streams read
+    # slower than the slab's row-by-row copy (measured: 256 planes of 56x56, 7% slower in
+    # place; 72 planes of 14x14, 17% faster; see DIRECT_STREAMS).
     cdef bint direct = (pointwise and taps == 1 and stride_w == 1 and phases == 1
                         and pitch == out_w and sw == 1 and sh == out_w
                         and x.shape[2] == out_h and x.shape[3] == out_w
-                        and (images_per_task > 0
+                        and (images_per_task > 0 or channels_per_chunk <= DIRECT_STREAMS
                              or channels_per_chunk * sc * sizeof(floating) <= DIRECT_SPAN_BYTES))
     # Unless a tile's rows in x, one line more than their width each, would miss L1 (deep
     # chunks): then each tile's rows are packed into a contiguous panel (_pack_panels) that

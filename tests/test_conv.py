@@ -1467,6 +1467,25 @@ def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, groups", [
+    (1, 6, 130, 131, 5, 1),      # a few channels of large planes
+    (2, 32, 90, 91, 2, 2),       # 16 channels per group, one filter each
+    (1, 224, 40, 41, 32, 32),    # 7 channels per group, one filter each
+    (1, 12, 100, 100, 40, 1),    # many filters: tiles sweep every block
+])
+def test_pointwise_few_channels_of_large_planes(rng, n, c, h, w, f, groups, dtype):
+    """1x1 layers whose chunks are a few channels read x in place over any plane size
+    (DIRECT_STREAMS): exact for any thread count, with ReLU, in NHWC and through a view."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=(1, 1), groups=groups,
+                               integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, groups=groups).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, groups=groups)
+    wide = np.zeros((n, c, h, w + 3), dtype)
+    wide[..., :w] = x
+    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, groups=groups), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n, c, h, w, f, kwargs", [
     (1, 13, 17, 19, 96, {}),                  # partial last tile of every band
     (2, 13, 9, 11, 13, {}),                   # a last block of one filter: staged
