@@ -1467,6 +1467,30 @@ def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    (1, 3, 20, 130, 40, (3, 3), dict(padding=1)),         # a partial last block, staged
+    (2, 2, 9, 200, 16, (5, 5), dict(padding=2)),
+    (1, 3, 10, 400, 16, (3, 3), dict(stride=2, padding=1)),  # two column phases
+    (1, 4, 6, 240, 40, (3, 3), dict(padding=1, groups=4)),
+    (1, 1, 7, 300, 8, (3, 3), dict(padding=(0, 1), padding_mode="reflect")),
+])
+def test_tiles_within_a_row_written_in_place(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """Shallow layers with junk columns and wide rows write each tile that lies within one
+    output row straight to the output, the others through the staged tile: exact for any
+    thread count, with ReLU, in NHWC and through views."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    out = np.full(expected.shape, np.nan, dtype)
+    fastconv.conv2d(x, weight, b, out=out, **kwargs)
+    assert_array_equal(out, expected)
+    wide = np.zeros((n, c, h, w + 3), dtype)
+    wide[..., :w] = x
+    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n, c, h, w, f, groups", [
     (1, 6, 130, 131, 5, 1),      # a few channels of large planes
     (2, 32, 90, 91, 2, 2),       # 16 channels per group, one filter each
