@@ -197,13 +197,13 @@ def _row_classes(kh, sh, dh):
     taps of one residue read one sequence of rows, each a step further, so one block per
     residue copies every input row once (stride 1: one block, the band's padded rows; 7x7
     with stride 2: 2 slab rows per output row plus 5, not 7 per output row; 5x5 and 7x7
-    layers with stride 2 and 32-64 channels ran 6-11% faster so). Where fewer than two taps
-    share a residue on average (3x3 with stride 2), each tap keeps its own block: shared
-    blocks saved fill there but measured no faster, and led the split model to a slower
-    split."""
+    layers with stride 2 and 32-64 channels ran 6-11% faster so; 5x5 with stride 3 and 7x7
+    with stride 4, 5-22%). Where at most 1.5 taps share a residue on average (3x3 with
+    stride 2), each tap keeps its own block: shared blocks saved fill there but measured no
+    faster, and led the split model to a slower split."""
     offsets = np.arange(kh) * dh
     residues = np.unique(offsets % sh)
-    if sh > 1 and 2 * len(residues) > kh:
+    if sh > 1 and 3 * len(residues) >= 2 * kh:
         return offsets, np.arange(kh), np.zeros(kh, dtype=np.intp)
     return residues, np.searchsorted(residues, offsets % sh), offsets // sh
 

@@ -1213,7 +1213,9 @@ def test_against_torch_same_padding(kernel, dilation, assert_within_tolerance):
     (3, 2, 2, lambda r: r + 2),        # all taps on even rows: one block
     (3, 1, 1, lambda r: r + 2),        # stride 1: the band's padded rows
     (3, 2, 1, lambda r: 3 * r),        # 3x3 stride 2: a block per kernel row
-    (5, 3, 1, lambda r: 5 * r),
+    (5, 3, 1, lambda r: 3 * r + 2),    # taps 0 and 3, 1 and 4 share rows
+    (7, 4, 1, lambda r: 4 * r + 3),
+    (3, 3, 1, lambda r: 3 * r),        # a residue per tap
 ])
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
 def test_slab_rows_hold_every_tap_row(kh, stride, dilation, slab_rows_per_band, padding_mode):
