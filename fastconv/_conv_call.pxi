@@ -415,7 +415,8 @@ cdef class DepthwiseCall(_KernelCall):
                 * self.row_src.shape[1] * self.col_src.shape[1]
                 or self.scratch_per_thread < self.slab_size + self.groups_per_task
                 * multiplier * self.rows_per_task * self.stage_row
-                + ((multiplier * (self.taps + 1) + self.row_src.shape[1] * self.x_shape[3])
+                + ((multiplier * (self.taps + 1) + (0 if channels_last else
+                                                     self.row_src.shape[1] * self.x_shape[3]))
                    * self.blocked if self.blocked else 0)
                 or (self.blocked and (self.groups_per_task != self.blocked or pool > 1
                                       or self.col_src.shape[0] != 1

@@ -221,13 +221,13 @@ cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, flo
     cdef const floating *x_image = x_data + n * job.sn + c0 * sc
     cdef Py_ssize_t lo = job.col_inner[0], hi = job.col_inner[1], offset = job.col_inner[2]
     cdef Py_ssize_t width = job.width, first_row = -1, last_row = -1
-    cdef floating *pixels_in = bias + per_channel * lanes  # (input pixel, lane) of the band
+    cdef floating *pixels_in = bias + per_channel * lanes  # NCHW: (input pixel, lane) of the band
     for row in range(job.slab_rows):
         if row_src[row] >= 0:
             first_row = row_src[row] if first_row < 0 else min(first_row, row_src[row])
             last_row = max(last_row, row_src[row])
-    if sc != 1 and job.sw == 1 and job.sh == width and 0 <= first_row and (
-            last_row - first_row < job.slab_rows):
+    if not job.channels_last and sc != 1 and job.sw == 1 and job.sh == width and (
+            0 <= first_row and last_row - first_row < job.slab_rows):
         # Planar channels with contiguous rows (NCHW): the band's input rows are one run of
         # pixels per channel, turned into (pixel, lane) by T x T register transposes; the
         # slab rows are then vector copies from it.
@@ -321,8 +321,9 @@ cdef int _depthwise_forward(
     cdef Py_ssize_t n_tasks = n_images * chunks * row_blocks
     cdef Py_ssize_t filter_pitch = rows_per_task * stage_row   # staged rows of one filter
     cdef Py_ssize_t scratch_per_thread = slab_size + groups_per_task * per_channel * filter_pitch
-    if blocked:  # the task's weights and bias as vectors, and its input pixels
-        scratch_per_thread += (per_channel * (taps + 1) + slab_rows * x.shape[3]) * blocked
+    if blocked:  # the task's weights and bias as vectors, and (NCHW) its input pixels
+        scratch_per_thread += (per_channel * (taps + 1)
+                               + (0 if channels_last else slab_rows * x.shape[3])) * blocked
     cdef Py_ssize_t sn = x.strides[0], sc = x.strides[1], sh = x.strides[2], sw = x.strides[3]
     cdef const Py_ssize_t *offsets = <const Py_ssize_t *>tap_offset.data
     cdef Py_ssize_t out_pixels = out_h * out_w

@@ -264,7 +264,7 @@ class DepthwisePlan(NamedTuple):
     groups_per_task: int
     stage_row: int           # staged output row: out_w rounded up to whole vectors
     slab_size: int
-    scratch_per_thread: int  # slab + staged rows of the task's filters
+    scratch_per_thread: int  # slab + staged rows of the task's filters (+ blocked: vectors)
     # Channel-blocked (blocked > 0, see _depthwise_blocked_plan): a task's `blocked` channels
     # share each vector, one lane each; 0: each channel's rows fill the vectors (planar).
     blocked: int = 0
@@ -313,7 +313,7 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
             n_images=n_images, groups=groups, multiplier=multiplier, height=height,
             width=width, out_h=out_h, out_w=out_w, kernel=kernel, stride=stride,
             dilation=dilation, pads=pads, padding_mode=padding_mode, lanes=lanes,
-            itemsize=itemsize, slab_rows_for=slab_rows_for)
+            itemsize=itemsize, channels_last=channels_last, slab_rows_for=slab_rows_for)
     phases, pitch, col_src, col_inner, tap_phase, tap_shift, _ = _column_maps(
         width, out_w, kw, sw, dw, left, right, padding_mode)
 
@@ -354,7 +354,7 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
 
 def _depthwise_blocked_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
                             kernel, stride, dilation, pads, padding_mode, lanes, itemsize,
-                            slab_rows_for):
+                            channels_last, slab_rows_for):
     """The channel-blocked layout of ``_conv_depthwise.pxi``: a task owns ``lanes`` adjacent
     channels (one vector) and a band of output rows. Its slab holds the band's padded input
     rows as (slab row, padded column, lane); tap (kh, kw) of output pixel (r, ow) is the
@@ -390,13 +390,13 @@ def _depthwise_blocked_plan(*, n_images, groups, multiplier, height, width, out_
     tap_offset = np.ascontiguousarray(tap_offset.ravel(), dtype=np.intp)
     slab_size = slab_rows * padded_cols * lanes
     # after the slab: the staged pixels of the task's filters, their weights and bias as
-    # vectors (one lane per channel), and the band's input pixels (at most a pixel per slab
-    # row and input column) as vectors
+    # vectors (one lane per channel), and for NCHW the band's input pixels (at most a pixel
+    # per slab row and input column) as vectors
     stage = multiplier * rows * out_w * lanes
-    weights = (multiplier * (kh * kw + 1) + slab_rows * width) * lanes
+    vectors = (multiplier * (kh * kw + 1) + (0 if channels_last else slab_rows * width)) * lanes
     _share(row_src, col_src, col_inner, tap_offset)
     return DepthwisePlan(row_src, col_src, col_inner, tap_offset, rows, lanes, out_w,
-                         slab_size, slab_size + stage + weights, blocked=lanes)
+                         slab_size, slab_size + stage + vectors, blocked=lanes)
 
 
 # The task split's cost model, in units of one multiply-add of one vector lane: copying one
