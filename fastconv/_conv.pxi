@@ -239,32 +239,34 @@ cdef inline void _microkernel_row(Py_ssize_t depth, const floating *a, const flo
         fc_microkernel_row_f64(depth, a, b, b_offset, c, bias, relu)
 
 
-cdef void _transpose_out(
-    const floating *src,          # IN  (filters, stage_pitch) staged tile, pixels along rows
-    Py_ssize_t stage_pitch, Py_ssize_t filters, Py_ssize_t pixels,
-    floating *dst, Py_ssize_t ld_dst,   # OUT (pixels, ld_dst): a pixel's filters contiguous
+cdef void _transpose(
+    const floating *src, Py_ssize_t ld_src,  # IN  (rows, cols), rows ld_src apart
+    Py_ssize_t rows, Py_ssize_t cols,
+    floating *dst, Py_ssize_t ld_dst,        # OUT (cols, rows), rows ld_dst apart
 ) noexcept nogil:
-    """NHWC copy-out of one output row: square blocks through a register transpose."""
+    """dst[c * ld_dst + r] = src[r * ld_src + c]: square blocks through register transposes,
+    the edges element by element (NHWC copy-out: filters x pixels of an output row; the
+    channel-blocked depthwise kernel: channels x pixels and back)."""
     cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
-    cdef Py_ssize_t p0, i0, p, i
-    p0 = 0
-    while p0 + t <= pixels:
-        i0 = 0
-        while i0 + t <= filters:
+    cdef Py_ssize_t c0, r0, c, r
+    c0 = 0
+    while c0 + t <= cols:
+        r0 = 0
+        while r0 + t <= rows:
             if floating is float:
-                fc_transpose_f32(dst + p0 * ld_dst + i0, ld_dst, src + i0 * stage_pitch + p0,
-                                 stage_pitch)
+                fc_transpose_f32(dst + c0 * ld_dst + r0, ld_dst, src + r0 * ld_src + c0,
+                                 ld_src)
             else:
-                fc_transpose_f64(dst + p0 * ld_dst + i0, ld_dst, src + i0 * stage_pitch + p0,
-                                 stage_pitch)
-            i0 = i0 + t
-        for p in range(p0, p0 + t):
-            for i in range(i0, filters):
-                dst[p * ld_dst + i] = src[i * stage_pitch + p]
-        p0 = p0 + t
-    for p in range(p0, pixels):
-        for i in range(filters):
-            dst[p * ld_dst + i] = src[i * stage_pitch + p]
+                fc_transpose_f64(dst + c0 * ld_dst + r0, ld_dst, src + r0 * ld_src + c0,
+                                 ld_src)
+            r0 = r0 + t
+        for c in range(c0, c0 + t):
+            for r in range(r0, rows):
+                dst[c * ld_dst + r] = src[r * ld_src + c]
+        c0 = c0 + t
+    for c in range(c0, cols):
+        for r in range(rows):
+            dst[c * ld_dst + r] = src[r * ld_src + c]
 
 
 cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:
@@ -444,8 +446,8 @@ cdef void _copy_out(
                 _copy(dst + row * out_w, stage + i * filter_pitch + row * row_pitch, out_w)
     else:  # transpose: a pixel's channels are contiguous in NHWC
         for row in range(rows):
-            _transpose_out(stage + row * row_pitch, filter_pitch, f_len, out_w,
-                           out_image + (oh0 + row) * out_w * n_filters + f, n_filters)
+            _transpose(stage + row * row_pitch, filter_pitch, f_len, out_w,
+                       out_image + (oh0 + row) * out_w * n_filters + f, n_filters)
 
 
 ctypedef struct _GemmJob:
@@ -788,6 +790,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         f_end = min(fb1 * FC_MR, job.filters_per_group)
         full_end = job.filters_per_group - job.filters_per_group % FC_MR
         for i in range(f_local, f_end):
+            # No junk columns: one run from out_end (walking the tiles, as below, measured
+            # 5-15% slower on 8 -> 8 channels at 224x224).
             if job.pitch == job.out_w:
                 start = out_end if i < full_end else 0
                 _copy(out_band + i * job.out_pixels + start,

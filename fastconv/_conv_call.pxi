@@ -415,9 +415,8 @@ cdef class DepthwiseCall(_KernelCall):
                 * self.row_src.shape[1] * self.col_src.shape[1]
                 or self.scratch_per_thread < self.slab_size + self.groups_per_task
                 * multiplier * self.rows_per_task * self.stage_row
-                + ((multiplier * (self.taps + 1) + (0 if channels_last else
-                                                     self.row_src.shape[1] * self.x_shape[3]))
-                   * self.blocked if self.blocked else 0)
+                + (self.row_src.shape[1] * self.x_shape[3] * self.blocked
+                   if self.blocked and not channels_last else 0)
                 or (self.blocked and (self.groups_per_task != self.blocked or pool > 1
                                       or self.col_src.shape[0] != 1
                                       or self.stage_row != self.out_w))
@@ -425,6 +424,10 @@ cdef class DepthwiseCall(_KernelCall):
                 * ((self.out_h // pool) * (self.out_w // pool) if pool > 1
                    else self.out_h * self.out_w)):
             raise ValueError("DepthwiseCall: the plan does not fit the call")
+
+    cdef Py_ssize_t _shared_scratch(self, bint packed_here):
+        return (blocked_weights_size(self.x_shape[1], self.multiplier, self.taps, self.blocked)
+                if self.blocked else 0)
 
     cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
                   bint packed_here, object packed, object packed_bias, int threads) except -1:

@@ -69,6 +69,7 @@ ctypedef struct _DepthwiseJob:
     bint direct, relu, channels_last
     Py_ssize_t blocked            # lanes of a channel block, 0: planar (see _conv_plan)
     Py_ssize_t width              # input columns
+    void *blocked_weights         # blocked: the weights as vectors (_pack_blocked_weights)
 
 
 cdef void _depthwise_task(const _DepthwiseJob *job, Py_ssize_t task, floating *slab,
@@ -128,73 +129,48 @@ cdef inline void _zero(floating *dst, Py_ssize_t n) noexcept nogil:
         dst[k] = 0
 
 
-cdef inline void _transpose(floating *dst, Py_ssize_t ld_dst, const floating *src,
-                            Py_ssize_t ld_src) noexcept nogil:
-    """A T x T block (rows ld_src apart) into its transpose (rows ld_dst apart)."""
-    if floating is float:
-        fc_transpose_f32(dst, ld_dst, src, ld_src)
-    else:
-        fc_transpose_f64(dst, ld_dst, src, ld_src)
+def blocked_weights_size(Py_ssize_t channels, Py_ssize_t per_channel, Py_ssize_t taps,
+                         Py_ssize_t lanes):
+    """Elements of _pack_blocked_weights' result (shared scratch of a blocked call)."""
+    return (channels + lanes - 1) // lanes * per_channel * (taps + 1) * lanes
 
 
-cdef void _planes_to_lanes(const floating *src, Py_ssize_t plane, Py_ssize_t pixels,
-                           Py_ssize_t cc, Py_ssize_t lanes, floating *dst) noexcept nogil:
-    """dst[p * lanes + i] = src[i * plane + p] for p < pixels, i < cc; lanes past cc are
-    zero. T x T blocks through register transposes, the edges element by element."""
-    cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
-    cdef Py_ssize_t p = 0, lane, first, i
-    if cc < lanes:
-        memset(dst, 0, pixels * lanes * sizeof(floating))
-    while p + t <= pixels:
-        lane = 0
-        while lane + t <= cc:
-            _transpose(dst + p * lanes + lane, lanes, src + lane * plane + p, plane)
-            lane = lane + t
-        first = lane
-        for lane in range(first, cc):
-            for i in range(p, p + t):
-                dst[i * lanes + lane] = src[lane * plane + i]
-        p = p + t
-    for lane in range(cc):
-        for i in range(p, pixels):
-            dst[i * lanes + lane] = src[lane * plane + i]
-
-
-cdef void _lanes_to_planes(const floating *src, Py_ssize_t lanes, Py_ssize_t pixels,
-                           Py_ssize_t cc, floating *dst, Py_ssize_t plane) noexcept nogil:
-    """The inverse of _planes_to_lanes: dst[i * plane + p] = src[p * lanes + i]."""
-    cdef Py_ssize_t t = FC_TRANSPOSE_F32 if floating is float else FC_TRANSPOSE_F64
-    cdef Py_ssize_t p = 0, lane, first, i
-    while p + t <= pixels:
-        lane = 0
-        while lane + t <= cc:
-            _transpose(dst + lane * plane + p, plane, src + p * lanes + lane, lanes)
-            lane = lane + t
-        first = lane
-        for lane in range(first, cc):
-            for i in range(p, p + t):
-                dst[lane * plane + i] = src[i * lanes + lane]
-        p = p + t
-    for lane in range(cc):
-        for i in range(p, pixels):
-            dst[lane * plane + i] = src[i * lanes + lane]
+cdef void _pack_blocked_weights(
+    const floating *weight,       # IN  (C * M, taps)
+    const floating *bias,         # IN  (C * M,) or NULL (zero)
+    Py_ssize_t channels, Py_ssize_t per_channel, Py_ssize_t taps, Py_ssize_t lanes,
+    floating *packed,             # OUT per block of `lanes` channels: (M, taps + 1, lanes)
+) noexcept nogil:
+    """The channel-blocked kernel's weights and bias as vectors, once per call: lane i of
+    filter m of a block is filter (c0 + i) * M + m, zero past the last channel; the bias
+    follows each filter's taps."""
+    cdef Py_ssize_t block, c0, m, lane, r, f
+    cdef floating *dst = packed
+    for block in range((channels + lanes - 1) // lanes):
+        c0 = block * lanes
+        for m in range(per_channel):
+            for lane in range(lanes):
+                f = (c0 + lane) * per_channel + m
+                for r in range(taps):
+                    dst[r * lanes + lane] = weight[f * taps + r] if c0 + lane < channels else 0
+                dst[taps * lanes + lane] = (bias[f] if c0 + lane < channels and bias != NULL
+                                            else 0)
+            dst = dst + (taps + 1) * lanes
 
 
 cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, floating *slab,
                                   floating *stage) noexcept nogil:
     """One task of the channel-blocked kernel: a band of output rows of one image for
     job.blocked adjacent channels, each in its own lane of every vector. The slab is
-    (slab row, padded column, lane), the staged output (filter m, pixel, lane); after it
-    the task's weights (m, tap, lane) and bias (m, lane)."""
+    (slab row, padded column, lane), the staged output (filter m, pixel, lane); after it,
+    for NCHW, the band's input pixels (pixel, lane)."""
     cdef const floating *x_data = <const floating *>job.x
-    cdef const floating *weight_data = <const floating *>job.weight
-    cdef const floating *bias_data = <const floating *>job.bias
     cdef floating *out_data = <floating *>job.out
     cdef Py_ssize_t lanes = job.blocked, per_channel = job.per_channel, taps = job.taps
     cdef Py_ssize_t out_w = job.out_w, out_h = job.out_h, n_filters = job.n_filters
     cdef Py_ssize_t cols = job.pitch, sc = job.sc
     cdef Py_ssize_t n, chunk, rb, oh0, rows, c0, cc, row, col, lane, m, r, p, src_row, src_col
-    cdef Py_ssize_t pixels, f
+    cdef Py_ssize_t pixels
     cdef const floating *src
     cdef floating *dst
     rb = task % job.row_blocks
@@ -205,23 +181,15 @@ cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, flo
     pixels = rows * out_w
     c0 = chunk * lanes
     cc = min(lanes, job.channels - c0)
-    cdef floating *weights = stage + per_channel * job.rows_per_task * out_w * lanes
-    cdef floating *bias = weights + per_channel * taps * lanes
-    # Weights and bias as vectors: lane i of filter m is filter (c0 + i) * M + m.
-    for m in range(per_channel):
-        for lane in range(lanes):
-            f = (c0 + lane) * per_channel + m
-            for r in range(taps):
-                weights[(m * taps + r) * lanes + lane] = (weight_data[f * taps + r]
-                                                          if lane < cc else 0)
-            bias[m * lanes + lane] = (bias_data[f] if lane < cc and bias_data != NULL
-                                      else 0)
+    # this block's filters, each its taps then its bias (_pack_blocked_weights)
+    cdef const floating *weights = (<const floating *>job.blocked_weights
+                                    + chunk * per_channel * (taps + 1) * lanes)
     # Fill: each padded pixel's channels into one vector (zeros: padding, lanes past cc).
     cdef const Py_ssize_t *row_src = job.row_src + rb * job.slab_rows
     cdef const floating *x_image = x_data + n * job.sn + c0 * sc
     cdef Py_ssize_t lo = job.col_inner[0], hi = job.col_inner[1], offset = job.col_inner[2]
     cdef Py_ssize_t width = job.width, first_row = -1, last_row = -1
-    cdef floating *pixels_in = bias + per_channel * lanes  # NCHW: (input pixel, lane) of the band
+    cdef floating *pixels_in = stage + per_channel * job.rows_per_task * out_w * lanes
     for row in range(job.slab_rows):
         if row_src[row] >= 0:
             first_row = row_src[row] if first_row < 0 else min(first_row, row_src[row])
@@ -231,8 +199,10 @@ cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, flo
         # Planar channels with contiguous rows (NCHW): the band's input rows are one run of
         # pixels per channel, turned into (pixel, lane) by T x T register transposes; the
         # slab rows are then vector copies from it.
-        _planes_to_lanes(x_image + first_row * width, sc, (last_row - first_row + 1) * width,
-                         cc, lanes, pixels_in)
+        if cc < lanes:
+            memset(pixels_in, 0, (last_row - first_row + 1) * width * lanes * sizeof(floating))
+        _transpose(x_image + first_row * width, sc, cc, (last_row - first_row + 1) * width,
+                   pixels_in, lanes)
         for row in range(job.slab_rows):
             dst = slab + row * cols * lanes
             if row_src[row] < 0:
@@ -268,10 +238,10 @@ cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, flo
                         dst[col * lanes + lane] = src[lane * sc + src_col * job.sw]
     for m in range(per_channel):
         for r in range(rows):
-            _blocked_row(taps, weights + m * taps * lanes,
+            _blocked_row(taps, weights + m * (taps + 1) * lanes,
                          slab + r * job.stride_h * cols * lanes, job.stride_w * lanes,
                          job.offsets, stage + (m * pixels + r * out_w) * lanes, out_w,
-                         bias + m * lanes, job.relu)
+                         weights + (m * (taps + 1) + taps) * lanes, job.relu)
     # Copy out: lane i of filter m to output channel (c0 + i) * M + m.
     for m in range(per_channel):
         src = stage + m * pixels * lanes
@@ -284,9 +254,9 @@ cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, flo
                     for lane in range(cc):
                         dst[p * n_filters + lane * per_channel] = src[p * lanes + lane]
         else:  # lane i to its channel's plane, the planes of M filters apart
-            _lanes_to_planes(src, lanes, pixels, cc,
-                             out_data + ((n * n_filters + c0 * per_channel + m) * out_h + oh0)
-                             * out_w, per_channel * out_h * out_w)
+            _transpose(src, lanes, pixels, cc,
+                       out_data + ((n * n_filters + c0 * per_channel + m) * out_h + oh0)
+                       * out_w, per_channel * out_h * out_w)
 
 
 cdef int _depthwise_forward(
@@ -295,7 +265,8 @@ cdef int _depthwise_forward(
     const floating *bias_data,     # IN  (C*M,) or NULL (zero)
     floating *out_data,            # OUT (N, C*M, OH*OW) or (N, OH*OW, C*M) if NHWC; with
                                    #     pool (PH*PW)
-    floating *scratch_data,        # SCRATCH num_threads x scratch_per_thread
+    floating *scratch_data,        # SCRATCH num_threads x scratch_per_thread, then (blocked)
+                                   #     blocked_weights_size(...) elements
     const _Arg *row_src,           # IN  intp (row bands, slab rows) input row or -1
     const _Arg *col_src,           # IN  intp (P, pitch) input col per slab column or -1
     const _Arg *col_inner,         # IN  intp (P, 3) linear interior of col_src
@@ -321,9 +292,8 @@ cdef int _depthwise_forward(
     cdef Py_ssize_t n_tasks = n_images * chunks * row_blocks
     cdef Py_ssize_t filter_pitch = rows_per_task * stage_row   # staged rows of one filter
     cdef Py_ssize_t scratch_per_thread = slab_size + groups_per_task * per_channel * filter_pitch
-    if blocked:  # the task's weights and bias as vectors, and (NCHW) its input pixels
-        scratch_per_thread += (per_channel * (taps + 1)
-                               + (0 if channels_last else slab_rows * x.shape[3])) * blocked
+    if blocked and not channels_last:  # the band's input pixels as vectors
+        scratch_per_thread += slab_rows * x.shape[3] * blocked
     cdef Py_ssize_t sn = x.strides[0], sc = x.strides[1], sh = x.strides[2], sw = x.strides[3]
     cdef const Py_ssize_t *offsets = <const Py_ssize_t *>tap_offset.data
     cdef Py_ssize_t out_pixels = out_h * out_w
@@ -355,6 +325,10 @@ cdef int _depthwise_forward(
         stage_row, filter_pitch, pooled_pixels, pool)
     job.direct, job.relu, job.channels_last = direct, relu, channels_last
     job.blocked, job.width = blocked, x.shape[3]
+    if blocked:  # after every thread's scratch: the weights as vectors, shared by the tasks
+        job.blocked_weights = scratch_data + num_threads * scratch_per_thread
+        _pack_blocked_weights(weight_data, bias_data, channels, per_channel, taps, blocked,
+                              <floating *>job.blocked_weights)
     # The slab's slack is read only by junk lanes past out_w, which are dropped. Small or
     # one-thread calls run the tasks in order outside OpenMP (see _gemm_forward).
     cdef int master_cpu

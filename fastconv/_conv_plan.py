@@ -389,11 +389,10 @@ def _depthwise_blocked_plan(*, n_images, groups, multiplier, height, width, out_
                   * lanes)
     tap_offset = np.ascontiguousarray(tap_offset.ravel(), dtype=np.intp)
     slab_size = slab_rows * padded_cols * lanes
-    # after the slab: the staged pixels of the task's filters, their weights and bias as
-    # vectors (one lane per channel), and for NCHW the band's input pixels (at most a pixel
-    # per slab row and input column) as vectors
+    # after the slab: the staged pixels of the task's filters, and for NCHW the band's input
+    # pixels (at most a pixel per slab row and input column) as vectors
     stage = multiplier * rows * out_w * lanes
-    vectors = (multiplier * (kh * kw + 1) + (0 if channels_last else slab_rows * width)) * lanes
+    vectors = 0 if channels_last else slab_rows * width * lanes
     _share(row_src, col_src, col_inner, tap_offset)
     return DepthwisePlan(row_src, col_src, col_inner, tap_offset, rows, lanes, out_w,
                          slab_size, slab_size + stage + vectors, blocked=lanes)

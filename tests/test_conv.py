@@ -342,9 +342,7 @@ def test_depthwise_channel_blocked(rng, n, c, m, h, w, kernel, kwargs, layout, d
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
     if layout == "NCHW":
         assert_exact_across_paths(x, weight, b, expected, **kwargs)
-        wide = np.zeros((n, c, h, w + 3), dtype)
-        wide[..., :w] = x
-        assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
+        assert_exact_through_row_view(x, weight, b, expected, **kwargs)
         # a strided view of the columns: element by element
         assert_array_equal(fastconv.conv2d(np.repeat(x, 2, axis=3)[..., ::2], weight, b,
                                            **kwargs), expected)
@@ -1437,6 +1435,14 @@ def assert_exact_across_paths(x, weight, b, expected, **kwargs):
                        expected.transpose(0, 2, 3, 1))
 
 
+def assert_exact_through_row_view(x, weight, b, expected, **kwargs):
+    """conv2d of a view of NCHW x whose rows are 3 elements longer equals ``expected``."""
+    n, c, h, w = x.shape
+    wide = np.zeros((n, c, h, w + 3), x.dtype)
+    wide[..., :w] = x
+    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
     # 4x4 maps: 16 pixels per image, not 4 rows of 5 (float64 at 4 lanes: whole vectors)
@@ -1463,9 +1469,7 @@ def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
         assert _images_per_task(x, weight, **kwargs) > 0
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
     assert_exact_across_paths(x, weight, b, expected, **kwargs)
-    wide = np.zeros((n, c, h, w + 3), dtype)
-    wide[..., :w] = x
-    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -1487,9 +1491,7 @@ def test_tiles_within_a_row_written_in_place(rng, n, c, h, w, f, kernel, kwargs,
     out = np.full(expected.shape, np.nan, dtype)
     fastconv.conv2d(x, weight, b, out=out, **kwargs)
     assert_array_equal(out, expected)
-    wide = np.zeros((n, c, h, w + 3), dtype)
-    wide[..., :w] = x
-    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -1506,9 +1508,7 @@ def test_pointwise_few_channels_of_large_planes(rng, n, c, h, w, f, groups, dtyp
                                integer=True, dtype=dtype)
     expected = conv2d_reference(x, weight, b, groups=groups).astype(dtype)
     assert_exact_across_paths(x, weight, b, expected, groups=groups)
-    wide = np.zeros((n, c, h, w + 3), dtype)
-    wide[..., :w] = x
-    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, groups=groups), expected)
+    assert_exact_through_row_view(x, weight, b, expected, groups=groups)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -1590,9 +1590,7 @@ def test_pointwise_reads_x_in_place(rng, n, c, h, w, f, groups, dtype):
                                integer=True, dtype=dtype)
     expected = conv2d_reference(x, weight, b, groups=groups).astype(dtype)
     assert_array_equal(fastconv.conv2d(x, weight, b, groups=groups), expected)
-    wide = np.zeros((n, c, h, w + 3), dtype)
-    wide[..., :w] = x
-    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, groups=groups), expected)
+    assert_exact_through_row_view(x, weight, b, expected, groups=groups)
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     assert_array_equal(fastconv.conv2d(nhwc, weight, b, groups=groups, layout="NHWC"),
                        expected.transpose(0, 2, 3, 1))
