@@ -426,7 +426,7 @@ cdef class DepthwiseCall(_KernelCall):
             raise ValueError("DepthwiseCall: the plan does not fit the call")
 
     cdef Py_ssize_t _shared_scratch(self, bint packed_here):
-        return (blocked_weights_size(self.x_shape[1], self.multiplier, self.taps, self.blocked)
+        return (_blocked_weights_size(self.x_shape[1], self.multiplier, self.taps, self.blocked)
                 if self.blocked else 0)
 
     cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,

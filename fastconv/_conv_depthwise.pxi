@@ -129,8 +129,8 @@ cdef inline void _zero(floating *dst, Py_ssize_t n) noexcept nogil:
         dst[k] = 0
 
 
-def blocked_weights_size(Py_ssize_t channels, Py_ssize_t per_channel, Py_ssize_t taps,
-                         Py_ssize_t lanes):
+cdef inline Py_ssize_t _blocked_weights_size(Py_ssize_t channels, Py_ssize_t per_channel,
+                                             Py_ssize_t taps, Py_ssize_t lanes) noexcept nogil:
     """Elements of _pack_blocked_weights' result (shared scratch of a blocked call)."""
     return (channels + lanes - 1) // lanes * per_channel * (taps + 1) * lanes
 
@@ -266,7 +266,7 @@ cdef int _depthwise_forward(
     floating *out_data,            # OUT (N, C*M, OH*OW) or (N, OH*OW, C*M) if NHWC; with
                                    #     pool (PH*PW)
     floating *scratch_data,        # SCRATCH num_threads x scratch_per_thread, then (blocked)
-                                   #     blocked_weights_size(...) elements
+                                   #     _blocked_weights_size(...) elements
     const _Arg *row_src,           # IN  intp (row bands, slab rows) input row or -1
     const _Arg *col_src,           # IN  intp (P, pitch) input col per slab column or -1
     const _Arg *col_inner,         # IN  intp (P, 3) linear interior of col_src
