@@ -45,12 +45,15 @@ cdef extern from "_conv_microkernel.h" nogil:
         FC_PEAK_CHAINS
         FC_LANES_F32
         FC_LANES_F64
+        FC_HALF_TAIL
     float fc_peak_probe_f32(Py_ssize_t iterations)
     double fc_peak_probe_f64(Py_ssize_t iterations)
     void fc_prefetch_span(const void *p, Py_ssize_t bytes)
     void fc_prefetch_rows(const void *p, Py_ssize_t stride, Py_ssize_t rows, Py_ssize_t bytes)
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
+    void fc_gather_f32(float *dst, const float *src, const Py_ssize_t *index, Py_ssize_t n)
+    void fc_gather_f64(double *dst, const double *src, const Py_ssize_t *index, Py_ssize_t n)
     float fc_max_nan_f32(float a, float b)
     double fc_max_nan_f64(double a, double b)
     void fc_max_rows_f32(float *top, const float *row, Py_ssize_t n)
@@ -64,22 +67,22 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_transpose_f64(double *dst, Py_ssize_t ld_dst, const double *src, Py_ssize_t ld_src)
     void fc_microkernel_f32(Py_ssize_t depth, const float *a, const float *b,
                             const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
-                            const float *bias, int relu, int nv)
+                            const float *bias, int relu, int nv, int half)
     void fc_microkernel_f64(Py_ssize_t depth, const double *a, const double *b,
                             const Py_ssize_t *b_offset, double *c, Py_ssize_t ldc,
-                            const double *bias, int relu, int nv)
+                            const double *bias, int relu, int nv, int half)
     void fc_microkernel_rows_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
                                  const float *b, const Py_ssize_t *b_offset, float *c,
-                                 Py_ssize_t ldc, const float *bias, int relu, int nv)
+                                 Py_ssize_t ldc, const float *bias, int relu, int nv, int half)
     void fc_microkernel_rows_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
                                  const double *b, const Py_ssize_t *b_offset, double *c,
-                                 Py_ssize_t ldc, const double *bias, int relu, int nv)
+                                 Py_ssize_t ldc, const double *bias, int relu, int nv, int half)
     void fc_microkernel_rows2_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
                                   const float *b, const Py_ssize_t *b_offset, float *c,
-                                  Py_ssize_t ldc, const float *bias, int relu)
+                                  Py_ssize_t ldc, const float *bias, int relu, int half)
     void fc_microkernel_rows2_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
                                   const double *b, const Py_ssize_t *b_offset, double *c,
-                                  Py_ssize_t ldc, const double *bias, int relu)
+                                  Py_ssize_t ldc, const double *bias, int relu, int half)
     void fc_microkernel_row_f32(Py_ssize_t depth, const float *a, const float *b,
                                 const Py_ssize_t *b_offset, float *c, const float *bias, int relu)
     void fc_microkernel_row_f64(Py_ssize_t depth, const double *a, const double *b,
@@ -109,6 +112,7 @@ NR_FLOAT32 = FC_NR_F32    # output pixels per tile, float32
 NR_FLOAT64 = FC_NR_F64    # output pixels per tile, float64
 ROW_NR_FLOAT32 = FC_ROW_NR_F32  # output pixels per tile of the one-filter (depthwise) kernel
 ROW_NR_FLOAT64 = FC_ROW_NR_F64
+HALF_TAIL = bool(FC_HALF_TAIL)  # a tile's last vector may be a half vector (_half_tail)
 
 
 def peak_probe(str dtype, Py_ssize_t iterations):
@@ -203,31 +207,32 @@ def array_key(*arrays):
 
 cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floating *b,
                               const Py_ssize_t *b_offset, floating *c, Py_ssize_t ldc,
-                              const floating *bias, bint relu, int nv) noexcept nogil:
+                              const floating *bias, bint relu, int nv,
+                              bint half) noexcept nogil:
     if floating is float:
-        fc_microkernel_f32(depth, a, b, b_offset, c, ldc, bias, relu, nv)
+        fc_microkernel_f32(depth, a, b, b_offset, c, ldc, bias, relu, nv, half)
     else:
-        fc_microkernel_f64(depth, a, b, b_offset, c, ldc, bias, relu, nv)
+        fc_microkernel_f64(depth, a, b, b_offset, c, ldc, bias, relu, nv, half)
 
 
 cdef inline void _microkernel_rows(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
                                    const floating *b, const Py_ssize_t *b_offset, floating *c,
                                    Py_ssize_t ldc, const floating *bias, bint relu,
-                                   int nv) noexcept nogil:
+                                   int nv, bint half) noexcept nogil:
     if floating is float:
-        fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv)
+        fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv, half)
     else:
-        fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv)
+        fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv, half)
 
 
 cdef inline void _microkernel_rows2(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
                                     const floating *b, const Py_ssize_t *b_offset, floating *c,
                                     Py_ssize_t ldc, const floating *bias,
-                                    bint relu) noexcept nogil:
+                                    bint relu, bint half) noexcept nogil:
     if floating is float:
-        fc_microkernel_rows2_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu)
+        fc_microkernel_rows2_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, half)
     else:
-        fc_microkernel_rows2_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu)
+        fc_microkernel_rows2_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, half)
 
 
 cdef inline void _microkernel_row(Py_ssize_t depth, const floating *a, const floating *b,
@@ -504,6 +509,14 @@ cdef inline int _tile_vectors(Py_ssize_t j0, Py_ssize_t q_len, Py_ssize_t lanes)
     return FC_NV
 
 
+cdef inline bint _half_tail(Py_ssize_t j0, Py_ssize_t q_len, int nv,
+                            Py_ssize_t lanes) noexcept nogil:
+    """Whether the tile of nv vectors at pixel j0 of a band of q_len pixels computes its last
+    vector as a half vector (FC_HALF_TAIL): at most half of its lanes fall inside the band.
+    A 7x7 map over a pitch of 8 then computes 3.5 vectors of 16 lanes, not 4."""
+    return FC_HALF_TAIL and q_len - j0 - (nv - 1) * lanes <= lanes // 2
+
+
 cdef inline Py_ssize_t _whole_tiles_end(Py_ssize_t q_len, Py_ssize_t lanes) noexcept nogil:
     """Where the band's tiles (see _tile_vectors) stop lying wholly inside it: q_len, or the
     start of a last tile whose final vector reaches past it."""
@@ -551,14 +564,15 @@ cdef void _copy_staged_tiles(const _GemmJob *job, const floating *stage, Py_ssiz
 cdef inline void _gemm_tile(
         const _GemmJob *job, const floating *x_chunk, floating *slab, floating *stage,
         Py_ssize_t g, Py_ssize_t fb, Py_ssize_t fb0, Py_ssize_t c0, Py_ssize_t cc,
-        Py_ssize_t oh0, Py_ssize_t tiles_end, Py_ssize_t j0, int nv,
+        Py_ssize_t oh0, Py_ssize_t tiles_end, Py_ssize_t j0, int nv, bint half,
         bint relu, bint pair, floating *out_band, Py_ssize_t out_end) noexcept nogil:
     """One micro-kernel call of _gemm_task: block fb of MR filters x the tile of nv vectors
     at pixel j0, over channels c0 .. c0 + cc, into the staged tile, or straight into the
     output (out_band != NULL: the band's rows in the group's first output plane) if its
     blocks hold real filters only and the tile lies within the band's whole tiles (no junk
     columns, j0 < out_end) or within one output row (_row_offset). pair:
-    blocks fb and fb + 1 (both read in place) x one vector (nv = 1), in one call."""
+    blocks fb and fb + 1 (both read in place) x one vector (nv = 1), in one call. half: the
+    tile's last vector is a half vector (_half_tail)."""
     cdef const floating *filters = <const floating *>job.filters
     cdef const floating *packed = <const floating *>job.packed
     cdef const floating *packed_bias = <const floating *>job.packed_bias
@@ -584,14 +598,15 @@ cdef inline void _gemm_tile(
     cdef const floating *in_place = (filters + (g * job.filters_per_group + fb * FC_MR) * depth
                                      + c0 * taps)
     if pair:
-        _microkernel_rows2(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu)
+        _microkernel_rows2(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu, half)
     elif fb < job.inplace_blocks:
-        _microkernel_rows(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu, nv)
+        _microkernel_rows(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu, nv,
+                          half)
     else:
         _microkernel(cc * taps,
                      packed + ((g * job.packed_blocks + fb - job.inplace_blocks) * depth
                                + c0 * taps) * FC_MR,
-                     b, b_rows, c, ldc, bias_ptr, relu, nv)
+                     b, b_rows, c, ldc, bias_ptr, relu, nv, half)
 
 
 cdef void _gather_panels(
@@ -617,8 +632,10 @@ cdef void _gather_panels(
         for r in range(depth):
             src = slab + b_offset[r]
             dst = panels + depth * j0 + r * width
-            for j in range(valid):
-                dst[j] = src[src_j[j]]
+            if floating is float:
+                fc_gather_f32(dst, src, src_j, valid)
+            else:
+                fc_gather_f64(dst, src, src_j, valid)
             for j in range(valid, width):
                 dst[j] = 0
         j0 = j0 + width
@@ -681,7 +698,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     cdef const floating *b
     cdef const Py_ssize_t *b_rows
     cdef const floating *x_chunk
-    cdef bint last, pair
+    cdef bint last, pair, half
     rb = task % row_blocks
     fc = (task // row_blocks) % fchunks
     g = (task // (row_blocks * fchunks)) % groups
@@ -758,7 +775,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
             while fb < fb1:
                 pair = fb + 1 < fb1 and fb + 1 < job.inplace_blocks
                 _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                           0, 1, relu and last, pair, out_band, out_end)
+                           0, 1, _half_tail(0, q_len, 1, lanes), relu and last, pair,
+                           out_band, out_end)
                 fb = fb + 1 + pair
         elif band_bytes <= L1_SLAB_BYTES or out_band != NULL:
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
@@ -769,7 +787,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 while j0 < q_len:
                     nv = _tile_vectors(j0, q_len, lanes)
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               j0, nv, relu and last, False, out_band, out_end)
+                               j0, nv, _half_tail(j0, q_len, nv, lanes), relu and last, False,
+                               out_band, out_end)
                     j0 = j0 + nv * lanes
         else:
             # Per tile of pixels, every block of filters: the tile's input window stays in L1.
@@ -779,9 +798,10 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 if job.direct and j0 + nv * lanes < tiles_end:  # the next tile's rows in x
                     fc_prefetch_rows(x_chunk + oh0 * sh + j0 + nv * lanes, sc * sizeof(floating),
                                      cc, nr * sizeof(floating))
+                half = _half_tail(j0, q_len, nv, lanes)
                 for fb in range(fb0, fb1):
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               j0, nv, relu and last, False, NULL, 0)
+                               j0, nv, half, relu and last, False, NULL, 0)
                 j0 = j0 + nv * lanes
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.

@@ -46,6 +46,9 @@
 #define FC_VU fc_vf32_u
 #define FC_VI fc_vi32
 #define FC_LANES FC_LANES_F32
+#define FC_H fc_hf32
+#define FC_HU fc_hf32_u
+#define FC_HI fc_hi32
 #define FC_NAME(stem) stem##_f32
 #include "_conv_microkernel_impl.h"
 
@@ -54,6 +57,9 @@
 #define FC_VU fc_vf64_u
 #define FC_VI fc_vi64
 #define FC_LANES FC_LANES_F64
+#define FC_H fc_hf64
+#define FC_HU fc_hf64_u
+#define FC_HI fc_hi64
 #define FC_NAME(stem) stem##_f64
 #include "_conv_microkernel_impl.h"
 

@@ -5,25 +5,39 @@
  * Weight (r, i) is a[r * a_row + i * a_filter]: a packed panel (a_row = FC_MR, a_filter = 1)
  * or the filters' own rows (a_row = 1, a_filter = the filter length), which spares packing.
  * bias != NULL: start from bias[i] (first reduction block); else from C (later blocks).
- * relu: clamp negatives to 0 after the last block; NaN stays NaN (x < 0 is false for NaN). */
+ * relu: clamp negatives to 0 after the last block; NaN stays NaN (x < 0 is false for NaN).
+ * nv vectors of pixels; half (FC_HALF_TAIL only): the last of them is a half vector, which
+ * reads and writes its first FC_LANES / 2 pixels only. */
+#if FC_HALF_TAIL
+#define FC_IF_HALF(...) do { if (half) { __VA_ARGS__ } } while (0)
+#else
+#define FC_IF_HALF(...) do { } while (0)
+#endif
 static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
     const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int nv)
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int nv,
+    const int half)
 {
+    const int nf = nv - half;  /* full vectors */
     FC_V acc[FC_MR][FC_NV];
+#if FC_HALF_TAIL
+    FC_H acch[FC_MR];
+#endif
     if (bias) {
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) acc[i][v] = (FC_V){0} + bias[i];
+            for (int v = 0; v < nf; v++) acc[i][v] = (FC_V){0} + bias[i];
+            FC_IF_HALF(acch[i] = (FC_H){0} + bias[i];);
         }
     } else {
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; v++)
+            for (int v = 0; v < nf; v++)
                 acc[i][v] = *(const FC_VU *)(c + i * ldc + v * FC_LANES);
+            FC_IF_HALF(acch[i] = *(const FC_HU *)(c + i * ldc + nf * FC_LANES););
         }
     }
     /* Two reduction steps per iteration: measured 2-7% faster over 16 layers, float32 and
@@ -33,13 +47,18 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
     for (Py_ssize_t r = 0; r < depth; r++) {
         FC_V bv[FC_NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) bv[v] = *(const FC_VU *)(b + b_offset[r] + v * FC_LANES);
+        for (int v = 0; v < nf; v++) bv[v] = *(const FC_VU *)(b + b_offset[r] + v * FC_LANES);
+#if FC_HALF_TAIL
+        FC_H bh = {0};
+        FC_IF_HALF(bh = *(const FC_HU *)(b + b_offset[r] + nf * FC_LANES););
+#endif
         const FC_T *ar = a + r * a_row;
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
             const FC_T w = ar[i * a_filter];
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; v++) acc[i][v] += bv[v] * w;
+            for (int v = 0; v < nf; v++) acc[i][v] += bv[v] * w;
+            FC_IF_HALF(acch[i] += bh * w;);
         }
     }
     if (relu) {
@@ -47,35 +66,51 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-            for (int v = 0; v < nv; v++)
+            for (int v = 0; v < nf; v++)
                 acc[i][v] = (FC_V)((FC_VI)acc[i][v] & ~(FC_VI)(acc[i][v] < zero));
+            FC_IF_HALF(acch[i] = (FC_H)((FC_HI)acch[i] & ~(FC_HI)(acch[i] < (FC_H){0})););
         }
     }
 #pragma GCC unroll 16
     for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) *(FC_VU *)(c + i * ldc + v * FC_LANES) = acc[i][v];
+        for (int v = 0; v < nf; v++) *(FC_VU *)(c + i * ldc + v * FC_LANES) = acc[i][v];
+        FC_IF_HALF(*(FC_HU *)(c + i * ldc + nf * FC_LANES) = acch[i];);
     }
 }
 
 /* The body specialised for nv = 1 .. FC_NV vectors of pixels (fewer: a band's last,
- * partial tile, so that small maps do not compute whole tiles of junk). */
+ * partial tile, so that small maps do not compute whole tiles of junk), the last one half
+ * (half != 0, FC_HALF_TAIL only). */
 static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_nv)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
     const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv)
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv, int half)
 {
 #if FC_NV > 3
 #error "fc_microkernel_nv is written for FC_NV <= 3"
 #endif
-#define FC_BODY(nv_const) FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, \
-                                                      c, ldc, bias, relu, nv_const)
+#define FC_BODY(nv_const, half_const) \
+    FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, bias, relu, \
+                                 nv_const, half_const)
+#if FC_HALF_TAIL
+    if (half) {
+        switch (nv) {
+#if FC_NV == 3
+        case 2: FC_BODY(2, 1); break;
+#endif
+        case 1: FC_BODY(1, 1); break;
+        default: FC_BODY(FC_NV, 1); break;
+        }
+        return;
+    }
+#endif
     switch (nv) {
 #if FC_NV == 3
-    case 2: FC_BODY(2); break;
+    case 2: FC_BODY(2, 0); break;
 #endif
-    case 1: FC_BODY(1); break;
-    default: FC_BODY(FC_NV); break;
+    case 1: FC_BODY(1, 0); break;
+    default: FC_BODY(FC_NV, 0); break;
     }
 #undef FC_BODY
 }
@@ -84,48 +119,60 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_nv)(
 static inline void FC_NAME(fc_microkernel)(
     Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv)
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv, int half)
 {
-    FC_NAME(fc_microkernel_nv)(depth, a, FC_MR, 1, b, b_offset, c, ldc, bias, relu, nv);
+    FC_NAME(fc_microkernel_nv)(depth, a, FC_MR, 1, b, b_offset, c, ldc, bias, relu, nv, half);
 }
 
 /* FC_MR whole filters in place: weight (r, i) at a[i * lda + r]. */
 static inline void FC_NAME(fc_microkernel_rows)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv)
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv, int half)
 {
-    FC_NAME(fc_microkernel_nv)(depth, a, 1, lda, b, b_offset, c, ldc, bias, relu, nv);
+    FC_NAME(fc_microkernel_nv)(depth, a, 1, lda, b, b_offset, c, ldc, bias, relu, nv, half);
 }
 
 /* 2 * FC_MR whole filters in place (two blocks: weight (r, i) at a[i * lda + r]) x one
- * vector of pixels. A band of a single vector (tiny maps, a last row of a few pixels) takes
- * its blocks of filters in pairs: FC_MR x 1 accumulators are too few chains to hide the FMA
- * latency, twice as many are not. Each output sums over r in the same order as above. */
+ * vector of pixels (half: a half vector, FC_HALF_TAIL only). A band of a single vector (tiny
+ * maps, a last row of a few pixels) takes its blocks of filters in pairs: FC_MR x 1
+ * accumulators are too few chains to hide the FMA latency, twice as many are not. Each
+ * output sums over r in the same order as above. */
+#define FC_ROWS2_BODY(V, VU, VI)                                                             \
+    do {                                                                                    \
+        V acc[2 * FC_MR];                                                                   \
+        _Pragma("GCC unroll 32")                                                            \
+        for (int i = 0; i < 2 * FC_MR; i++) {                                               \
+            if (bias) acc[i] = (V){0} + bias[i];                                            \
+            else acc[i] = *(const VU *)(c + i * ldc);                                       \
+        }                                                                                   \
+        _Pragma("GCC unroll 2")                                                             \
+        for (Py_ssize_t r = 0; r < depth; r++) {                                            \
+            const V bv = *(const VU *)(b + b_offset[r]);                                    \
+            _Pragma("GCC unroll 32")                                                        \
+            for (int i = 0; i < 2 * FC_MR; i++) acc[i] += bv * a[i * lda + r];              \
+        }                                                                                   \
+        const V zero = {0};                                                                 \
+        _Pragma("GCC unroll 32")                                                            \
+        for (int i = 0; i < 2 * FC_MR; i++) {                                               \
+            if (relu) acc[i] = (V)((VI)acc[i] & ~(VI)(acc[i] < zero));                      \
+            *(VU *)(c + i * ldc) = acc[i];                                                  \
+        }                                                                                   \
+    } while (0)
 static inline void FC_NAME(fc_microkernel_rows2)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu)
+    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int half)
 {
-    FC_V acc[2 * FC_MR];
-#pragma GCC unroll 32
-    for (int i = 0; i < 2 * FC_MR; i++) {
-        if (bias) acc[i] = (FC_V){0} + bias[i];
-        else acc[i] = *(const FC_VU *)(c + i * ldc);
+#if FC_HALF_TAIL
+    if (half) {
+        FC_ROWS2_BODY(FC_H, FC_HU, FC_HI);
+        return;
     }
-#pragma GCC unroll 2
-    for (Py_ssize_t r = 0; r < depth; r++) {
-        const FC_V bv = *(const FC_VU *)(b + b_offset[r]);
-#pragma GCC unroll 32
-        for (int i = 0; i < 2 * FC_MR; i++) acc[i] += bv * a[i * lda + r];
-    }
-    const FC_V zero = {0};
-#pragma GCC unroll 32
-    for (int i = 0; i < 2 * FC_MR; i++) {
-        if (relu) acc[i] = (FC_V)((FC_VI)acc[i] & ~(FC_VI)(acc[i] < zero));
-        *(FC_VU *)(c + i * ldc) = acc[i];
-    }
+#endif
+    FC_ROWS2_BODY(FC_V, FC_VU, FC_VI);
 }
+#undef FC_ROWS2_BODY
 
 /* One filter (depthwise convolution: one filter per group) x FC_ROW_NV vectors of pixels;
  * the weight of reduction row r is a[r] (the filter's own row). */
@@ -281,9 +328,13 @@ static inline void FC_NAME(fc_blocked_row)(
 #undef FC_REST
 }
 
+#undef FC_IF_HALF
 #undef FC_T
 #undef FC_V
 #undef FC_VU
 #undef FC_VI
+#undef FC_H
+#undef FC_HU
+#undef FC_HI
 #undef FC_LANES
 #undef FC_NAME

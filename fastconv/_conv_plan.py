@@ -86,11 +86,13 @@ def source_index(positions, size, mode):
 
 @functools.lru_cache(maxsize=256)
 def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out_w,
-         kernel, stride, dilation, pads, padding_mode, mr, nr, lanes, itemsize, row_multiple=1):
+         kernel, stride, dilation, pads, padding_mode, mr, nr, lanes, itemsize, row_multiple=1,
+         half_tail=False):
     """The kernel's layout for one problem shape; cached (layers call it with one shape).
     Tiles are ``mr`` filters x ``nr`` pixels; a band's last tile computes only the vectors of
-    ``lanes`` pixels it needs (``lanes = nr``: whole tiles). ``row_multiple``: bands of output
-    rows are a multiple of it (fused pooling windows)."""
+    ``lanes`` pixels it needs (``lanes = nr``: whole tiles), its last one a half vector if
+    ``half_tail`` (the kernels' HALF_TAIL) and half of it is enough. ``row_multiple``: bands
+    of output rows are a multiple of it (fused pooling windows)."""
     kh, kw = kernel
     sh, sw = stride
     dh, dw = dilation
@@ -111,7 +113,7 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
         planes=n_images * groups,
         fblocks=fblocks, depth=in_per_group * kh * kw,
         fill_per_row_span=in_per_group * phases * pitch, slab_rows_of=slab_rows_of,
-        row_multiple=row_multiple)
+        row_multiple=row_multiple, half_tail=half_tail)
     images_per_task = 0
     if nr > lanes and row_multiple == 1 and out_h * out_w <= STACK_PIXELS:
         # (not for the one-filter tile, nor for fused pooling's bands of whole windows)
@@ -123,7 +125,7 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
             groups=groups, fblocks=fblocks, depth=in_per_group * kh * kw,
             fill_per_image=0 if pointwise else fill,
             gather_cost=FILL_ELEMENT_COST if pointwise else GATHER_ELEMENT_COST,
-            itemsize=itemsize)
+            itemsize=itemsize, half_tail=half_tail)
         if stacked_time < (1 - STACK_GAIN) * slab_time:
             rows, fblocks_per_task = out_h, stacked_blocks
         else:
@@ -443,7 +445,7 @@ def _two_thread_makespan(plane_tasks, planes):
 
 
 def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
-                 fill_per_row_span, slab_rows_of, row_multiple):
+                 fill_per_row_span, slab_rows_of, row_multiple, half_tail):
     """``(rows per task, filter blocks per task)``: the split with the least estimated time
     on two threads. A task computes its band's pixels over the pitch in tiles, for its
     filters, after filling the slab with all its band's input rows: splitting the filters
@@ -461,7 +463,7 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
         kernel computes it (_run_cost)."""
         if not tails:  # the first estimate: whole tiles, arithmetic only
             return -(-band_rows * pitch // nr) * nr * mr * depth
-        return _run_cost(band_rows * pitch, lanes, nr, mr, depth)
+        return _run_cost(band_rows * pitch, lanes, nr, mr, depth, half_tail)
 
     def task_cost(band_rows, blocks, tails):
         return (TASK_COST + FILL_ELEMENT_COST * fill_per_row_span * slab_rows_of(band_rows)
@@ -506,7 +508,7 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
 
 
 def _stack_split(*, n_images, pixels, lanes, nr, mr, groups, fblocks, depth, fill_per_image,
-                 gather_cost, itemsize):
+                 gather_cost, itemsize, half_tail):
     """``(images per task, filter blocks per task, estimated time)`` of the best stacked
     split (same model and units as _split_tasks).
 
@@ -531,7 +533,7 @@ def _stack_split(*, n_images, pixels, lanes, nr, mr, groups, fblocks, depth, fil
 
             def chunk_tasks(size):
                 """The tasks of a block of ``size`` images, one per chunk of filters."""
-                run = _run_cost(size * pixels, lanes, nr, mr, depth)
+                run = _run_cost(size * pixels, lanes, nr, mr, depth, half_tail)
                 fixed = (TASK_COST + FILL_ELEMENT_COST * fill_per_image * size
                          + gather_cost * depth * size * pixels)
                 return [fixed + run * per_task] * (fchunks - 1) + [fixed + run * last_chunk]
@@ -548,13 +550,16 @@ def _stack_split(*, n_images, pixels, lanes, nr, mr, groups, fblocks, depth, fil
     return best
 
 
-def _run_cost(pixels, lanes, nr, mr, depth):
+def _run_cost(pixels, lanes, nr, mr, depth, half_tail=False):
     """Arithmetic of ``pixels`` pixels in tiles (tile_vectors) for one block of filters: each
-    tile by the vectors it computes, weighted by how well its mr x vectors accumulators hide
-    the FMA latency (~8 chains needed), plus each kernel call's fixed cost (accumulators in
-    and out, the weight panel streamed in). A run of one vector takes its blocks of filters
-    in pairs (twice the chains)."""
+    tile by the vectors it computes (a last vector of at most half its lanes as half a
+    vector with ``half_tail``), weighted by how well its mr x vectors accumulators hide the
+    FMA latency (~8 chains needed), plus each kernel call's fixed cost (accumulators in and
+    out, the weight panel streamed in). A run of one vector takes its blocks of filters in
+    pairs (twice the chains)."""
     tiles = tile_vectors(pixels, lanes, nr // lanes)
     chains = 2 * mr if pixels <= lanes else mr
     computed = sum(v * lanes * max(1.0, 8 / (chains * v)) for v in tiles)
+    if half_tail and 0 < pixels % lanes <= lanes // 2:
+        computed -= lanes / 2 * max(1.0, 8 / (chains * tiles[-1]))
     return computed * mr * depth + len(tiles) * (KERNEL_CALL_COST + WEIGHT_COST * mr * depth)

@@ -443,7 +443,8 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
         layout_plan = _conv_plan.plan(
             n_images=n_images, groups=groups, in_per_group=in_per_group, per_group=per_group,
-            mr=_kernels.MR, nr=nr, lanes=lanes, **geometry)
+            mr=_kernels.MR, nr=nr, lanes=lanes, half_tail=_kernels.HALF_TAIL and per_group > 1,
+            **geometry)
         runner = _kernels.GemmCall(
             layout_plan, dtype, x.shape, shape, channels_last=channels_last, groups=groups,
             per_group=per_group, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),

@@ -1512,6 +1512,40 @@ def test_pointwise_few_channels_of_large_planes(rng, n, c, h, w, f, groups, dtyp
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs, pool", [
+    (1, 64, 7, 7, 48, (3, 3), dict(padding=1), 1),     # bands of 4 + 3 rows over a pitch of 8
+    (1, 300, 7, 7, 40, (1, 1), {}, 1),                 # 49 pixels: 3 vectors and 1 pixel
+    (1, 40, 2, 2, 24, (3, 3), dict(padding=1), 1),     # a band of one vector, filters in pairs
+    (3, 33, 7, 7, 13, (3, 3), dict(padding=1), 1),     # a partial block of packed filters
+    (2, 20, 5, 5, 20, (3, 3), dict(padding=1), 1),     # stacked images, a short last vector
+    (1, 20, 6, 13, 16, (3, 3), dict(stride=2, padding=1), 1),
+    (1, 40, 6, 7, 24, (3, 3), dict(padding=1), 2),     # fused pooling of a half vector's rows
+])
+def test_half_vector_tails(rng, n, c, h, w, f, kernel, kwargs, pool, dtype):
+    """A tile whose last vector holds at most half its lanes of pixels computes it as a half
+    vector at AVX-512 (the kernels' HALF_TAIL): exact for any thread count, with ReLU, bias,
+    reductions over several chunks of channels, NHWC, views, NaN-filled out= and fused
+    pooling."""
+    from fastconv.conv import _conv2d
+
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel, integer=True,
+                               dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    if pool > 1:
+        expected = fastconv.max_pool2d(np.maximum(expected, 0), pool)
+        for threads in (1, 2, 3):
+            got = _conv2d(x, weight, b, kwargs.get("stride", 1), kwargs.get("padding", 0), 1,
+                          1, "zeros", "NCHW", "relu", None, threads, pool)
+            assert_array_equal(got, expected)
+        return
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
+    out = np.full(expected.shape, np.nan, dtype)
+    fastconv.conv2d(x, weight, b, out=out, **kwargs)
+    assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n, c, h, w, f, kwargs", [
     (1, 13, 17, 19, 96, {}),                  # partial last tile of every band
     (2, 13, 9, 11, 13, {}),                   # a last block of one filter: staged
