@@ -206,34 +206,50 @@ static inline void FC_NAME(fc_microkernel_row)(
 /* Depthwise convolution (one input channel per filter): a filter is a small 2-D stencil,
  * so output rows are computed directly, n_rows x n_vec vectors of pixels per tile:
  *   c[row * c_step + j] = bias + sum_r w[r] * b[row * b_step + b_offset[r] + j]
- * in whole vectors (junk lanes past the row's end land in c's padding). r runs in order. */
+ * in whole vectors (junk lanes past the row's end land in c's padding), the last one a half
+ * vector if half (FC_HALF_TAIL only, see _simd.h). r runs in order. */
 static inline __attribute__((always_inline)) void FC_NAME(fc_stencil_tile)(
-    const int n_rows, const int n_vec, Py_ssize_t taps, const FC_T *restrict w,
-    const FC_T *restrict b, Py_ssize_t b_step, const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t c_step, FC_T bias, int relu)
+    const int n_rows, const int n_vec, const int half, Py_ssize_t taps,
+    const FC_T *restrict w, const FC_T *restrict b, Py_ssize_t b_step,
+    const Py_ssize_t *restrict b_offset, FC_T *restrict c, Py_ssize_t c_step, FC_T bias,
+    int relu)
 {
+    const int nf = n_vec - half;  /* full vectors */
     FC_V acc[2][FC_ROW_NV];
-    for (int i = 0; i < n_rows; i++)
-        for (int v = 0; v < n_vec; v++) acc[i][v] = (FC_V){0} + bias;
+#if FC_HALF_TAIL
+    FC_H acch[2];
+#endif
+    for (int i = 0; i < n_rows; i++) {
+        for (int v = 0; v < nf; v++) acc[i][v] = (FC_V){0} + bias;
+        FC_IF_HALF(acch[i] = (FC_H){0} + bias;);
+    }
 #pragma GCC unroll 2  /* measured, relative to none: 7x7 depthwise 0.90, 3x3 0.98 */
     for (Py_ssize_t r = 0; r < taps; r++) {
         const FC_T wr = w[r];
         const FC_T *br = b + b_offset[r];
-        for (int i = 0; i < n_rows; i++)
-            for (int v = 0; v < n_vec; v++)
+        for (int i = 0; i < n_rows; i++) {
+            for (int v = 0; v < nf; v++)
                 acc[i][v] += *(const FC_VU *)(br + i * b_step + v * FC_LANES) * wr;
+            FC_IF_HALF(acch[i] += *(const FC_HU *)(br + i * b_step + nf * FC_LANES) * wr;);
+        }
     }
     const FC_V zero = {0};
     for (int i = 0; i < n_rows; i++) {
-        for (int v = 0; v < n_vec; v++) {
+        for (int v = 0; v < nf; v++) {
             if (relu) acc[i][v] = (FC_V)((FC_VI)acc[i][v] & ~(FC_VI)(acc[i][v] < zero));
             *(FC_VU *)(c + i * c_step + v * FC_LANES) = acc[i][v];
         }
+        FC_IF_HALF(
+            if (relu) acch[i] = (FC_H)((FC_HI)acch[i] & ~(FC_HI)(acch[i] < (FC_H){0}));
+            *(FC_HU *)(c + i * c_step + nf * FC_LANES) = acch[i];
+        );
     }
 }
 
 /* n_rows output rows of n pixels each; rows of B are b_step apart, rows of C c_step apart.
- * Narrow rows go two at a time so that at least two (usually four) FMA chains overlap. */
+ * Narrow rows go two at a time so that at least two (usually four) FMA chains overlap. A
+ * row's last vector is a half vector where half of it holds the row's last pixels
+ * (FC_HALF_TAIL): 56-wide rows compute 3.5 vectors of 16, not 4. */
 static inline void FC_NAME(fc_stencil_rows)(
     Py_ssize_t taps, const FC_T *restrict w, const FC_T *restrict b, Py_ssize_t b_step,
     const Py_ssize_t *restrict b_offset, FC_T *restrict c, Py_ssize_t c_step,
@@ -243,35 +259,47 @@ static inline void FC_NAME(fc_stencil_rows)(
 #error "fc_stencil_rows is written for FC_ROW_NV == 4"
 #endif
     const Py_ssize_t n_vec = (n + FC_LANES - 1) / FC_LANES;
+    const int half = FC_HALF_TAIL && n - (n_vec - 1) * FC_LANES <= FC_LANES / 2;
+#define FC_TILE(rows, vecs, h, bv, cv, bs, cs) \
+    FC_NAME(fc_stencil_tile)(rows, vecs, h, taps, w, bv, bs, b_offset, cv, cs, bias, relu)
     Py_ssize_t row = 0;
     if (n_vec <= 2) {
         for (; row + 2 <= n_rows; row += 2) {
             const FC_T *br = b + row * b_step;
             FC_T *cr = c + row * c_step;
-            if (n_vec == 1)
-                FC_NAME(fc_stencil_tile)(2, 1, taps, w, br, b_step, b_offset, cr, c_step, bias,
-                                         relu);
-            else
-                FC_NAME(fc_stencil_tile)(2, 2, taps, w, br, b_step, b_offset, cr, c_step, bias,
-                                         relu);
+            if (n_vec == 1 && half) FC_TILE(2, 1, 1, br, cr, b_step, c_step);
+            else if (n_vec == 1) FC_TILE(2, 1, 0, br, cr, b_step, c_step);
+            else if (half) FC_TILE(2, 2, 1, br, cr, b_step, c_step);
+            else FC_TILE(2, 2, 0, br, cr, b_step, c_step);
         }
     }
     for (; row < n_rows; row++) {
         const FC_T *br = b + row * b_step;
         FC_T *cr = c + row * c_step;
         Py_ssize_t v = 0;
-        for (; v + FC_ROW_NV <= n_vec; v += FC_ROW_NV)
-            FC_NAME(fc_stencil_tile)(1, FC_ROW_NV, taps, w, br + v * FC_LANES, 0, b_offset,
-                                     cr + v * FC_LANES, 0, bias, relu);
+        /* whole tiles of full vectors; the last 1-4 vectors (4 only with a half one) below */
+        for (; v + FC_ROW_NV < n_vec || (v + FC_ROW_NV == n_vec && !half); v += FC_ROW_NV)
+            FC_TILE(1, FC_ROW_NV, 0, br + v * FC_LANES, cr + v * FC_LANES, 0, 0);
         const FC_T *bv = br + v * FC_LANES;
         FC_T *cv = cr + v * FC_LANES;
-        switch (n_vec - v) {  /* the last 1-3 vectors, each count its own unrolled tile */
-        case 1: FC_NAME(fc_stencil_tile)(1, 1, taps, w, bv, 0, b_offset, cv, 0, bias, relu); break;
-        case 2: FC_NAME(fc_stencil_tile)(1, 2, taps, w, bv, 0, b_offset, cv, 0, bias, relu); break;
-        case 3: FC_NAME(fc_stencil_tile)(1, 3, taps, w, bv, 0, b_offset, cv, 0, bias, relu); break;
-        default: break;
+        if (half) {
+            switch (n_vec - v) {  /* each count its own unrolled tile */
+            case 1: FC_TILE(1, 1, 1, bv, cv, 0, 0); break;
+            case 2: FC_TILE(1, 2, 1, bv, cv, 0, 0); break;
+            case 3: FC_TILE(1, 3, 1, bv, cv, 0, 0); break;
+            case 4: FC_TILE(1, 4, 1, bv, cv, 0, 0); break;
+            default: break;
+            }
+        } else {
+            switch (n_vec - v) {
+            case 1: FC_TILE(1, 1, 0, bv, cv, 0, 0); break;
+            case 2: FC_TILE(1, 2, 0, bv, cv, 0, 0); break;
+            case 3: FC_TILE(1, 3, 0, bv, cv, 0, 0); break;
+            default: break;
+            }
         }
     }
+#undef FC_TILE
 }
 
 /* Channel-blocked depthwise convolution: each vector holds FC_LANES channels of one pixel,

@@ -1520,22 +1520,31 @@ def test_pointwise_few_channels_of_large_planes(rng, n, c, h, w, f, groups, dtyp
     (2, 20, 5, 5, 20, (3, 3), dict(padding=1), 1),     # stacked images, a short last vector
     (1, 20, 6, 13, 16, (3, 3), dict(stride=2, padding=1), 1),
     (1, 40, 6, 7, 24, (3, 3), dict(padding=1), 2),     # fused pooling of a half vector's rows
+    # depthwise rows (planar): 56, 40 and 36 wide, 20 wide two rows at a time, pooled
+    (2, 24, 9, 56, 24, (3, 3), dict(padding=1, groups=24), 1),
+    (1, 16, 8, 40, 32, (5, 5), dict(padding=2, groups=16), 1),
+    (2, 16, 7, 36, 16, (3, 3), dict(padding=1, groups=16, padding_mode="reflect"), 1),
+    (3, 8, 10, 20, 16, (3, 3), dict(padding=1, groups=8), 1),
+    (1, 16, 8, 40, 16, (3, 3), dict(padding=1, groups=16), 2),
+    (2, 8, 6, 60, 8, (3, 3), dict(padding=1, groups=8), 1),      # last vectors over half full
+    (2, 8, 6, 29, 16, (3, 3), dict(padding=1, groups=8), 1),
 ])
 def test_half_vector_tails(rng, n, c, h, w, f, kernel, kwargs, pool, dtype):
     """A tile whose last vector holds at most half its lanes of pixels computes it as a half
-    vector at AVX-512 (the kernels' HALF_TAIL): exact for any thread count, with ReLU, bias,
-    reductions over several chunks of channels, NHWC, views, NaN-filled out= and fused
-    pooling."""
+    vector at AVX-512 (the kernels' HALF_TAIL), in the GEMM and the depthwise kernels: exact
+    for any thread count, with ReLU, bias, reductions over several chunks of channels, NHWC,
+    views, NaN-filled out= and fused pooling."""
     from fastconv.conv import _conv2d
 
-    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel, integer=True,
-                               dtype=dtype)
+    groups = kwargs.get("groups", 1)
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel, groups=groups,
+                               integer=True, dtype=dtype)
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
     if pool > 1:
         expected = fastconv.max_pool2d(np.maximum(expected, 0), pool)
         for threads in (1, 2, 3):
             got = _conv2d(x, weight, b, kwargs.get("stride", 1), kwargs.get("padding", 0), 1,
-                          1, "zeros", "NCHW", "relu", None, threads, pool)
+                          groups, "zeros", "NCHW", "relu", None, threads, pool)
             assert_array_equal(got, expected)
         return
     assert_exact_across_paths(x, weight, b, expected, **kwargs)
