@@ -53,6 +53,19 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
     void fc_gather_f32(float *dst, const float *src, const Py_ssize_t *index, Py_ssize_t n)
+    enum:
+        FC_SHORT_ROWS
+        FC_SHORT_PHASES
+    void fc_fill_short_rows_f32(const float *x, Py_ssize_t sc, Py_ssize_t sh,
+                                Py_ssize_t channels, const Py_ssize_t *row_src,
+                                Py_ssize_t slab_rows, const Py_ssize_t *col_src,
+                                Py_ssize_t phases, Py_ssize_t pitch, Py_ssize_t width,
+                                float *slab)
+    void fc_fill_short_rows_f64(const double *x, Py_ssize_t sc, Py_ssize_t sh,
+                                Py_ssize_t channels, const Py_ssize_t *row_src,
+                                Py_ssize_t slab_rows, const Py_ssize_t *col_src,
+                                Py_ssize_t phases, Py_ssize_t pitch, Py_ssize_t width,
+                                double *slab)
     void fc_gather_f64(double *dst, const double *src, const Py_ssize_t *index, Py_ssize_t n)
     float fc_max_nan_f32(float a, float b)
     double fc_max_nan_f64(double a, double b)
@@ -324,6 +337,19 @@ cdef void _fill_slab(
     cdef const floating *next_rows
     cdef const floating *src
     cdef floating *dst
+    cdef Py_ssize_t lanes = FC_LANES_F32 if floating is float else FC_LANES_F64
+    cdef Py_ssize_t width = 0  # the input columns the slab reads: up to the last one
+    if FC_SHORT_ROWS and sw == 1 and pitch <= lanes and phases <= FC_SHORT_PHASES:
+        for k in range(phases * pitch):
+            width = max(width, col_src[k] + 1)
+        if width <= lanes:  # short rows (small maps): a vector per input row
+            if floating is float:
+                fc_fill_short_rows_f32(x, sc, sh, channels, row_src, slab_rows, col_src,
+                                       phases, pitch, width, slab)
+            else:
+                fc_fill_short_rows_f64(x, sc, sh, channels, row_src, slab_rows, col_src,
+                                       phases, pitch, width, slab)
+            return
     # Rows outer, phases inner: a strided input row is read once from L2 for all its phases.
     for row in range(slab_rows):
         src_row = row_src[row]
@@ -991,4 +1017,5 @@ cdef int _gemm_forward(
 
 
 include "_conv_depthwise.pxi"
+include "_conv_filter_lanes.pxi"
 include "_conv_call.pxi"

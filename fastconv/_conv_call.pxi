@@ -463,6 +463,92 @@ cdef class DepthwiseCall(_KernelCall):
         return 0
 
 
+@cython.auto_pickle(False)  # pointers into the plan's tables
+cdef class FilterLaneCall(_KernelCall):
+    """A planned conv2d call on the filter-lane kernel (_filter_lanes_forward): the plan
+    (_conv_plan.FilterLanePlan) and the call's scalars. One group; weight is (F, C, KH, KW)
+    C-contiguous (any shape of that size), bias (F,) or None."""
+    cdef _Arg b_offset, pixel_src
+    cdef Py_ssize_t n_filters, taps, stride_w, channels_per_chunk, images_per_task
+    cdef Py_ssize_t image_slab, fvecs_per_task, wrap, lanes
+    cdef bint shared_weights
+
+    def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, bint channels_last,
+                 Py_ssize_t n_filters, kernel, Py_ssize_t stride_w, out_hw, bint relu,
+                 workspace):
+        self._setup(plan, dtype, x_shape, out_shape, channels_last, out_hw, relu, 1,
+                    workspace)
+        kh, kw = kernel
+        self.taps = kh * kw
+        self.n_filters, self.stride_w = n_filters, stride_w
+        self.channels_per_chunk = plan.channels_per_chunk
+        self.images_per_task = plan.images_per_task
+        self.image_slab = plan.image_slab
+        self.fvecs_per_task = plan.fvecs_per_task
+        self.wrap = plan.wrap
+        self.shared_weights = plan.shared_weights
+        self.lanes = FC_LANES_F32 if self.typenum == cnp.NPY_FLOAT32 else FC_LANES_F64
+        cdef Py_ssize_t slab_channel = (self.col_src.shape[0] * self.row_src.shape[1]
+                                        * self.col_src.shape[1])
+        cdef Py_ssize_t images_span = self.images_per_task * self.image_slab
+        _table(plan.b_offset, "b_offset", 0, max(self.image_slab, 1), &self.b_offset)
+        _table(plan.pixel_src, "pixel_src", 0, max(images_span, 1), &self.pixel_src)
+        cdef Py_ssize_t reach = (int(plan.b_offset.max()) + int(plan.pixel_src.max())
+                                 if plan.b_offset.size and plan.pixel_src.size else 0)
+        cdef Py_ssize_t panel = (self.channels_per_chunk * self.taps * self.fvecs_per_task
+                                 * self.lanes)
+        if (n_filters < 1 or self.channels_per_chunk < 1 or self.images_per_task < 1
+                or self.fvecs_per_task < 1 or self.wrap < 0
+                or self.row_src.shape[0] != 1 or self.rows_per_task != self.out_h
+                or self.b_offset.shape[0] < self.channels_per_chunk * self.taps
+                or self.pixel_src.shape[0] != self.images_per_task * self.out_h * self.out_w
+                or self.image_slab < self.channels_per_chunk * slab_channel + self.wrap
+                or reach >= images_span
+                or self.slab_size < images_span + panel
+                or self.scratch_per_thread < self.slab_size + self.pixel_src.shape[0]
+                * self.fvecs_per_task * self.lanes
+                or self.out_size != self.x_shape[0] * n_filters * self.out_h * self.out_w):
+            raise ValueError("FilterLaneCall: the plan does not fit the call")
+
+    cdef Py_ssize_t _shared_scratch(self, bint packed_here):
+        return _lane_weights_size(self.n_filters, self.x_shape[1] * self.taps,
+                                  self.fvecs_per_task, self.lanes, self.shared_weights)
+
+    cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
+                  bint packed_here, object packed, object packed_bias, int threads) except -1:
+        cdef _Arg wv, bv
+        if not packed_here:
+            raise ValueError("FilterLaneCall takes no packed weights")
+        _arg(weight, "weight", self.typenum, -1, False, True, &wv)
+        if wv.shape[0] != self.n_filters * self.x_shape[1] * self.taps:
+            raise ValueError(f"weight: {wv.shape[0]} elements, the call reads "
+                             f"{self.n_filters * self.x_shape[1] * self.taps}")
+        bv.data = NULL
+        if bias is not None:
+            _arg(bias, "bias", self.typenum, -1, False, True, &bv)
+            if bv.shape[0] != self.n_filters:
+                raise ValueError(f"bias: {bv.shape[0]} elements, not {self.n_filters}")
+        if self.typenum == cnp.NPY_FLOAT32:
+            _filter_lanes_forward(x, <const float *>wv.data, <const float *>bv.data,
+                                  self.n_filters, <float *>out, <float *>scratch,
+                                  &self.row_src, &self.col_src, &self.col_inner,
+                                  &self.b_offset, &self.pixel_src, self.stride_w, self.taps,
+                                  self.out_h, self.out_w, self.channels_per_chunk,
+                                  self.images_per_task, self.image_slab, self.fvecs_per_task,
+                                  self.slab_size, self.wrap, self.shared_weights,
+                                  self.channels_last, self.relu, threads)
+        else:
+            _filter_lanes_forward(x, <const double *>wv.data, <const double *>bv.data,
+                                  self.n_filters, <double *>out, <double *>scratch,
+                                  &self.row_src, &self.col_src, &self.col_inner,
+                                  &self.b_offset, &self.pixel_src, self.stride_w, self.taps,
+                                  self.out_h, self.out_w, self.channels_per_chunk,
+                                  self.images_per_task, self.image_slab, self.fvecs_per_task,
+                                  self.slab_size, self.wrap, self.shared_weights,
+                                  self.channels_last, self.relu, threads)
+        return 0
+
+
 cdef inline bint _simple(object value):
     """An int, a string, None or a tuple of ints: a parameter whose equality means equal
     validation (True == 1 and 2.0 == 2 would not, so they take the validating path)."""

@@ -80,6 +80,23 @@ class DepthwiseCall(_KernelCall):
         workspace: Any,
     ) -> None: ...
 
+class FilterLaneCall(_KernelCall):
+    def __init__(
+        self,
+        plan: Any,
+        dtype: npt.DTypeLike,
+        x_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        *,
+        channels_last: bool,
+        n_filters: int,
+        kernel: tuple[int, int],
+        stride_w: int,
+        out_hw: tuple[int, int],
+        relu: bool,
+        workspace: Any,
+    ) -> None: ...
+
 def call_key(
     x: object,
     weight: object,

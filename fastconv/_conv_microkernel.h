@@ -34,6 +34,14 @@
 #define FC_NV 2
 #endif
 #endif
+/* The filter-lane kernel (small maps, filters in the vector lanes): up to FC_LANES_NP pixels
+ * x 2 vectors of filters, 2 * FC_LANES_NP accumulators plus 2 weight vectors and one
+ * broadcast pixel in the register file. */
+#if FC_VEC_BYTES == 64
+#define FC_LANES_NP 12
+#else
+#define FC_LANES_NP 6
+#endif
 /* The one-filter (depthwise) kernel: 4 vector chains hide the FMA latency. */
 #define FC_ROW_NV 4
 #define FC_ROW_NR_F32 (FC_ROW_NV * FC_LANES_F32)

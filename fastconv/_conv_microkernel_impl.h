@@ -356,6 +356,77 @@ static inline void FC_NAME(fc_blocked_row)(
 #undef FC_REST
 }
 
+/* Filters in the vector lanes (small maps, whose few pixels would leave a pixel vector
+ * mostly empty): np pixels x nv vectors of filters,
+ *   c[p * ldc + v * FC_LANES + l] = init + sum_r a[r * lda + v * FC_LANES + l]
+ *                                              * b[b_offset[r] + pix[p]]
+ * init: bias[v * FC_LANES + l] (bias != NULL, the first reduction block) or c (later
+ * blocks). A row of A is a packed row of the filters' weights; each pixel's value of
+ * reduction row r is one broadcast from the slab. Sums run over r in order. */
+static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
+    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
+    const Py_ssize_t *restrict b_offset, const Py_ssize_t *restrict pix, FC_T *restrict c,
+    Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int np, const int nv)
+{
+    FC_V acc[FC_LANES_NP][2];
+    const FC_T *bp[FC_LANES_NP];
+#pragma GCC unroll 16
+    for (int p = 0; p < np; p++) {
+        bp[p] = b + pix[p];
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++)
+            acc[p][v] = bias ? *(const FC_VU *)(bias + v * FC_LANES)
+                             : *(const FC_VU *)(c + p * ldc + v * FC_LANES);
+    }
+    for (Py_ssize_t r = 0; r < depth; r++) {
+        const Py_ssize_t o = b_offset[r];
+        FC_V w[2];
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++) w[v] = *(const FC_VU *)(a + r * lda + v * FC_LANES);
+#pragma GCC unroll 16
+        for (int p = 0; p < np; p++) {
+            const FC_T x = bp[p][o];
+#pragma GCC unroll 2
+            for (int v = 0; v < nv; v++) acc[p][v] += w[v] * x;
+        }
+    }
+    const FC_V zero = {0};
+#pragma GCC unroll 16
+    for (int p = 0; p < np; p++) {
+#pragma GCC unroll 2
+        for (int v = 0; v < nv; v++) {
+            if (relu) acc[p][v] = (FC_V)((FC_VI)acc[p][v] & ~(FC_VI)(acc[p][v] < zero));
+            *(FC_VU *)(c + p * ldc + v * FC_LANES) = acc[p][v];
+        }
+    }
+}
+
+/* fc_lanes_body for np = 1 .. FC_LANES_NP pixels and nv = 1 or 2 vectors of filters. */
+static inline void FC_NAME(fc_lanes)(
+    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
+    const Py_ssize_t *restrict b_offset, const Py_ssize_t *restrict pix, FC_T *restrict c,
+    Py_ssize_t ldc, const FC_T *restrict bias, int relu, int np, int nv)
+{
+#if FC_LANES_NP != 12 && FC_LANES_NP != 6
+#error "fc_lanes is written for FC_LANES_NP 6 or 12"
+#endif
+#define FC_L(n) \
+    case n: \
+        if (nv == 2) FC_NAME(fc_lanes_body)(depth, a, lda, b, b_offset, pix, c, ldc, bias, \
+                                            relu, n, 2); \
+        else FC_NAME(fc_lanes_body)(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, \
+                                    n, 1); \
+        break;
+    switch (np) {
+    FC_L(1) FC_L(2) FC_L(3) FC_L(4) FC_L(5) FC_L(6)
+#if FC_LANES_NP == 12
+    FC_L(7) FC_L(8) FC_L(9) FC_L(10) FC_L(11) FC_L(12)
+#endif
+    default: break;
+    }
+#undef FC_L
+}
+
 #undef FC_IF_HALF
 #undef FC_T
 #undef FC_V

@@ -130,28 +130,9 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
             rows, fblocks_per_task = out_h, stacked_blocks
         else:
             images_per_task = 0
-    row_blocks = -(-out_h // rows)
-
-    # Slab rows of each band of output rows in blocks (see _row_classes): block k holds padded
-    # rows (band + t) * sh + bases[k] for t < rows + extra_rows[k], and tap kh of output
-    # row r reads its block at row r + its step.
-    bands = np.arange(row_blocks)[:, None] * rows
-    block_start = np.cumsum([0] + [rows + extra for extra in extra_rows])
-    slab_rows = int(block_start[-1])
-    kh_start = block_start[tap_block] + tap_step
-    slab_row_index = np.arange(slab_rows)
-    block = np.searchsorted(block_start, slab_row_index, side="right") - 1
-    t = slab_row_index - block_start[block]
-    padded_rows = (bands + t[None, :]) * sh + bases[block][None, :]
-    # A slab row is copied only if a valid output row of the band reads it (rows past the
-    # output need not be valid input positions, e.g. for reflect).
-    usable = np.zeros((row_blocks, slab_rows), dtype=bool)
-    for i in range(kh):
-        reader = t - tap_step[i]  # the band's output row that reads slab row t with tap i
-        reads = (block == tap_block[i]) & (reader >= 0) & (reader < rows)
-        usable |= reads[None, :] & (bands + reader[None, :] < out_h)
-    mapped = source_index(padded_rows - top, height, padding_mode)
-    row_src = np.ascontiguousarray(np.where(usable, mapped, -1), dtype=np.intp)
+    row_src, kh_start = _band_rows(rows, out_h, height, top, sh, padding_mode, bases,
+                                   tap_block, tap_step, extra_rows)
+    slab_rows = row_src.shape[1]
 
     slab_row = phases * slab_rows * pitch  # elements per input channel
     stacked_pixels = images_per_task * out_h * out_w
@@ -162,11 +143,7 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
                           SLAB_BYTES // channel_bytes))
     channels = -(-in_per_group // -(-in_per_group // channels))  # equal chunks
 
-    c_local = np.arange(channels)[:, None, None]
-    k_h = kh_start[None, :, None]
-    b_offset = (((c_local * phases + tap_phase[None, None, :]) * slab_rows + k_h) * pitch
-                + tap_shift[None, None, :])
-    b_offset = np.ascontiguousarray(b_offset.ravel(), dtype=np.intp)
+    b_offset = _tap_offsets(channels, phases, slab_rows, pitch, kh_start, tap_phase, tap_shift)
     stage_pitch = -(-rows * pitch // nr) * nr
     slab_size = max(channels * slab_row + wrap, int(b_offset.max()) + stage_pitch)
     if kh == kw == 1:  # room for a band's tile panels (_conv.pxi's _pack_panels)
@@ -188,6 +165,170 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
                     slab_size, stage_pitch, slab_size + fblocks_per_task * mr * stage_pitch,
                     inplace_blocks(per_group, in_per_group * kh * kw, mr), wrap,
                     images_per_task, image_slab, panel_base, pixel_src)
+
+
+class FilterLanePlan(NamedTuple):
+    row_src: np.ndarray      # (1, slab rows) as ConvPlan's, one band of whole maps
+    col_src: np.ndarray      # (P, pitch) as ConvPlan's
+    col_inner: np.ndarray    # (P, 3) as ConvPlan's
+    b_offset: np.ndarray     # (CC*KH*KW,) slab offset of reduction row (c, kh, kw)
+    pixel_src: np.ndarray    # (images_per_task * OH * OW,) slab position of each pixel
+    rows_per_task: int       # out_h
+    channels_per_chunk: int
+    images_per_task: int
+    image_slab: int          # slab elements per image (a chunk of its padded rows)
+    fvecs_per_task: int      # vectors of filters per task
+    slab_size: int           # the images' slabs, then the packed weights
+    scratch_per_thread: int  # slab + staged tile (task pixels x fvecs_per_task vectors)
+    wrap: int                # as ConvPlan's
+    shared_weights: bool     # weights packed once per call for all tasks, not per task
+
+
+# The filter-lane kernel (_conv_filter_lanes.pxi) replaces the GEMM kernel's plan where that
+# plan's vectors would hold few real pixels (junk columns, a short last vector) and the
+# filters fill theirs: lanes of pixels filled below LANES_GAIN x the lanes of filters filled.
+# Its weights are packed per call, so it also needs maps of at most LANES_MAX_PIXELS and a
+# batch of at least LANES_MIN_WORK pixels x reduction rows. Measured on Zen 4, 2 threads,
+# filter-lane / GEMM time over 25 random small strided layers: 0.52-0.86 (64 images of
+# 7x7, 125 -> 23 filters of 7x7 with stride 2: 0.79); 16 x 8x8 -> 3x3 with 25 channels
+# (57,600 pixels x rows): 1.28. Forced onto layers whose GEMM plan stacks images (compact
+# pixels), it measured 0.72-0.96 on shallow ones and 1.06-1.19 on deep ones, so those keep
+# the GEMM kernel.
+LANES_GAIN = 0.75
+LANES_MAX_PIXELS = 64
+LANES_MIN_WORK = 65536
+# Pixels per task: the packed weights serve them all. Reduction rows per chunk of channels
+# and bytes of packed weights per task at most (an L2's share). Where several blocks of
+# images would each pack the same weights, they are packed once per call if they take at
+# most LANES_SHARED_BYTES (16 x 5x5 maps, 49 -> 23 filters of 5x5: 0.86 of the time).
+LANES_TASK_PIXELS = 256
+LANES_DEPTH = 256
+LANES_PANEL_BYTES = 128 * 1024
+LANES_SHARED_BYTES = 4 * 1024 * 1024
+
+
+def pixel_fill(gemm_plan, out_h, out_w, lanes, nr, half_tail):
+    """The share of the lanes that the GEMM kernel computes under ``gemm_plan`` which hold
+    real output pixels (the rest: junk columns, a band's partial last vector)."""
+    if gemm_plan.images_per_task:  # compact panels of the stacked images' pixels
+        return 1.0
+    rows = gemm_plan.rows_per_task
+    pitch = gemm_plan.col_src.shape[1]
+    computed = 0.0
+    for band in range(0, out_h, rows):
+        q_len = min(rows, out_h - band) * pitch
+        computed += sum(tile_vectors(q_len, lanes, nr // lanes)) * lanes
+        if half_tail and 0 < q_len % lanes <= lanes // 2:
+            computed -= lanes / 2
+    return out_h * out_w / computed
+
+
+def use_filter_lanes(*, n_images, groups, per_group, depth, out_h, out_w, lanes, fill,
+                     row_multiple=1):
+    """Whether conv2d runs on the filter-lane kernel rather than the GEMM kernel whose
+    pixels fill ``fill`` of its lanes (pixel_fill): small maps of one group, enough work
+    (``depth``: reduction rows), no fused pooling, and filters that fill their vectors
+    much better."""
+    pixels = out_h * out_w
+    filter_fill = per_group / (-(-per_group // lanes) * lanes)
+    return (groups == 1 and row_multiple == 1 and lanes > 1 and pixels <= LANES_MAX_PIXELS
+            and n_images * pixels * depth >= LANES_MIN_WORK
+            and fill < LANES_GAIN * filter_fill)
+
+
+@functools.lru_cache(maxsize=256)
+def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, out_w,
+                     kernel, stride, dilation, pads, padding_mode, lanes, itemsize):
+    """The layout of ``_conv_filter_lanes.pxi`` for one problem shape: a task owns whole maps
+    of ``images_per_task`` images and ``fvecs_per_task`` vectors of filters. Per chunk of
+    input channels it fills each image's slab (ConvPlan's layout, one band of all rows),
+    packs its filters' weights for the chunk as rows of vectors, and computes its pixels
+    (pixel_src: where each reads the slab) x its filters."""
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    top, _, left, right = pads
+    taps = kh * kw
+    phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap = _column_maps(
+        width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=True)
+    bases, tap_block, tap_step = _row_classes(kh, sh, dh)
+    extra_rows = [int(tap_step[tap_block == k].max()) for k in range(len(bases))]
+    row_src, kh_start = _band_rows(out_h, out_h, height, top, sh, padding_mode, bases,
+                                   tap_block, tap_step, extra_rows)
+    slab_rows = row_src.shape[1]
+    slab_channel = phases * slab_rows * pitch
+
+    pixels = out_h * out_w
+    fvecs = -(-n_filters // lanes)
+    images = max(1, min(n_images, LANES_TASK_PIXELS // pixels))
+    channels = max(1, min(in_channels, LANES_DEPTH // taps,
+                          SLAB_BYTES // (images * slab_channel * itemsize)))
+    channels = -(-in_channels // -(-in_channels // channels))  # equal chunks
+    fvecs_per_task = max(1, min(fvecs, LANES_PANEL_BYTES // (channels * taps * lanes * itemsize)))
+    fvecs_per_task = -(-fvecs // -(-fvecs // fvecs_per_task))  # equal chunks of filters
+
+    def tasks(images, fvecs_per_task):
+        return -(-n_images // images) * -(-fvecs // fvecs_per_task)
+
+    # Enough tasks to balance two threads: fewer images per task first, then fewer filters.
+    while images > 1 and tasks(images, fvecs_per_task) < MIN_TASKS:
+        images = -(-images // 2)
+    while fvecs_per_task > 1 and tasks(images, fvecs_per_task) < MIN_TASKS:
+        fvecs_per_task = -(-fvecs_per_task // 2)
+
+    b_offset = _tap_offsets(channels, phases, slab_rows, pitch, kh_start, tap_phase, tap_shift)
+    line = 64 // itemsize  # each image's slab starts on a cache line
+    image_slab = -(-(channels * slab_channel + wrap) // line) * line
+    image, oh, ow = np.meshgrid(np.arange(images), np.arange(out_h), np.arange(out_w),
+                                indexing="ij")
+    pixel_src = np.ascontiguousarray((image * image_slab + oh * pitch + ow).ravel(),
+                                     dtype=np.intp)
+    slab_size = images * image_slab + channels * taps * fvecs_per_task * lanes
+    stage = images * pixels * fvecs_per_task * lanes
+    packed = -(-fvecs // fvecs_per_task) * fvecs_per_task * lanes * in_channels * taps
+    shared = n_images > images and packed * itemsize <= LANES_SHARED_BYTES
+    _share(row_src, col_src, col_inner, b_offset, pixel_src)
+    return FilterLanePlan(row_src, col_src, col_inner, b_offset, pixel_src, out_h, channels,
+                          images, image_slab, fvecs_per_task, slab_size, slab_size + stage,
+                          wrap, shared)
+
+
+def _band_rows(rows, out_h, height, top, sh, padding_mode, bases, tap_block, tap_step,
+               extra_rows):
+    """``(row_src, kh_start)``: the input row of each slab row of each band of ``rows``
+    output rows (-1: zero), and the slab row of each tap kh for the band's first output row.
+
+    The slab rows are in blocks (see _row_classes): block k holds padded rows
+    (band + t) * sh + bases[k] for t < rows + extra_rows[k], and tap kh of output row r
+    reads its block at row r + its step."""
+    row_blocks = -(-out_h // rows)
+    bands = np.arange(row_blocks)[:, None] * rows
+    block_start = np.cumsum([0] + [rows + extra for extra in extra_rows])
+    slab_rows = int(block_start[-1])
+    kh_start = block_start[tap_block] + tap_step
+    slab_row_index = np.arange(slab_rows)
+    block = np.searchsorted(block_start, slab_row_index, side="right") - 1
+    t = slab_row_index - block_start[block]
+    padded_rows = (bands + t[None, :]) * sh + bases[block][None, :]
+    # A slab row is copied only if a valid output row of the band reads it (rows past the
+    # output need not be valid input positions, e.g. for reflect).
+    usable = np.zeros((row_blocks, slab_rows), dtype=bool)
+    for i in range(len(tap_block)):
+        reader = t - tap_step[i]  # the band's output row that reads slab row t with tap i
+        reads = (block == tap_block[i]) & (reader >= 0) & (reader < rows)
+        usable |= reads[None, :] & (bands + reader[None, :] < out_h)
+    mapped = source_index(padded_rows - top, height, padding_mode)
+    return np.ascontiguousarray(np.where(usable, mapped, -1), dtype=np.intp), kh_start
+
+
+def _tap_offsets(channels, phases, slab_rows, pitch, kh_start, tap_phase, tap_shift):
+    """Slab offset of each reduction row (c, kh, kw) of a chunk of ``channels`` channels,
+    for a band's first output pixel."""
+    c_local = np.arange(channels)[:, None, None]
+    k_h = kh_start[None, :, None]
+    b_offset = (((c_local * phases + tap_phase[None, None, :]) * slab_rows + k_h) * pitch
+                + tap_shift[None, None, :])
+    return np.ascontiguousarray(b_offset.ravel(), dtype=np.intp)
 
 
 def _row_classes(kh, sh, dh):

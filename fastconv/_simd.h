@@ -127,6 +127,59 @@ static inline void fc_gather_##SUF(T *restrict dst, const T *restrict src,      
 FC_DEFINE_GATHER(f32, float)
 FC_DEFINE_GATHER(f64, double)
 
+/* The slab fill of short input rows (small maps; AVX-512 only, FC_SHORT_ROWS): each input
+ * row of a channel is one masked vector load, and each of its slab rows (one per stride
+ * phase, pitch <= FC_LANES columns) one lane permute and one masked store:
+ *   slab[c, ph, row, k] = x[c, row_src[row], col_src[ph, k]]   (0 where either is -1)
+ * The general fill copies each slab row on its own, with a loop per border: on 6x6 maps
+ * with stride 2 its setup, not the copying, took the time. x's rows are contiguous; every
+ * source column is below `width` <= FC_LANES; at most FC_SHORT_PHASES phases. */
+#define FC_SHORT_PHASES 4
+#if FC_VEC_BYTES == 64
+#define FC_SHORT_ROWS 1
+#define FC_DEFINE_SHORT_ROWS(SUF, T, V, VI, IT, MASK, LOAD, STORE, LANES)                   \
+static inline void fc_fill_short_rows_##SUF(                                                \
+    const T *restrict x, Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t channels,                 \
+    const Py_ssize_t *restrict row_src, Py_ssize_t slab_rows,                               \
+    const Py_ssize_t *restrict col_src, Py_ssize_t phases, Py_ssize_t pitch,                \
+    Py_ssize_t width, T *restrict slab)                                                     \
+{                                                                                           \
+    VI col[FC_SHORT_PHASES], keep[FC_SHORT_PHASES];                                         \
+    for (Py_ssize_t ph = 0; ph < phases; ph++) {                                            \
+        for (int k = 0; k < LANES; k++) {                                                   \
+            const Py_ssize_t src = k < pitch ? col_src[ph * pitch + k] : -1;                \
+            col[ph][k] = (IT)(src < 0 ? 0 : src);                                           \
+            keep[ph][k] = src < 0 ? 0 : -1;                                                 \
+        }                                                                                   \
+    }                                                                                       \
+    const MASK load = (MASK)((1u << width) - 1u), store = (MASK)((1u << pitch) - 1u);       \
+    const Py_ssize_t channel_stride = phases * slab_rows * pitch;                           \
+    for (Py_ssize_t c = 0; c < channels; c++) {                                             \
+        T *slab_c = slab + c * channel_stride;                                              \
+        for (Py_ssize_t row = 0; row < slab_rows; row++) {                                  \
+            const Py_ssize_t src_row = row_src[row];                                        \
+            const V v = src_row < 0 ? (V){0} : (V)LOAD(load, x + c * sc + src_row * sh);    \
+            for (Py_ssize_t ph = 0; ph < phases; ph++)                                      \
+                STORE(slab_c + (ph * slab_rows + row) * pitch, store,                       \
+                      (V)((VI)__builtin_shuffle(v, col[ph]) & keep[ph]));                   \
+        }                                                                                   \
+    }                                                                                       \
+}
+FC_DEFINE_SHORT_ROWS(f32, float, fc_vf32, fc_vi32, int, __mmask16, _mm512_maskz_loadu_ps,
+                     _mm512_mask_storeu_ps, FC_LANES_F32)
+FC_DEFINE_SHORT_ROWS(f64, double, fc_vf64, fc_vi64, long long, __mmask8, _mm512_maskz_loadu_pd,
+                     _mm512_mask_storeu_pd, FC_LANES_F64)
+#else
+#define FC_SHORT_ROWS 0
+#define FC_DEFINE_SHORT_ROWS_STUB(SUF, T)                                                    \
+static inline void fc_fill_short_rows_##SUF(                                                \
+    const T *x, Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t channels,                          \
+    const Py_ssize_t *row_src, Py_ssize_t slab_rows, const Py_ssize_t *col_src,             \
+    Py_ssize_t phases, Py_ssize_t pitch, Py_ssize_t width, T *slab) { }
+FC_DEFINE_SHORT_ROWS_STUB(f32, float)
+FC_DEFINE_SHORT_ROWS_STUB(f64, double)
+#endif
+
 /* The machine's peak, measured: FC_PEAK_CHAINS independent multiply-add chains of full
  * vectors (enough to cover the FMA latency on every x86 core) for `iterations` steps.
  * Returns a value that depends on every lane, so the compiler keeps the work. */

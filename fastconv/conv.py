@@ -239,7 +239,8 @@ class _ConvCall(NamedTuple):
     channels_last: bool
     copy_x: bool            # x's strides are not whole elements, or x is misaligned
     relu: bool
-    path: str               # "empty", "bias" (no input channels), "depthwise" or "gemm"
+    path: str               # "empty", "bias" (no input channels), "depthwise", "lanes"
+                            # (the filter-lane kernel) or "gemm"
     runner: object          # the planned kernel call (_kernels.GemmCall or DepthwiseCall)
     direct: bool            # x, weight and bias go to the kernel as they are (no conversion)
 
@@ -435,23 +436,38 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             relu=activation == "relu", pool=pool, workspace=_workspace)
     else:
         path = "gemm"
+        lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
         if per_group == 1:  # the kernel's one-filter tile (whole tiles only)
-            nr = lanes = (_kernels.ROW_NR_FLOAT32 if dtype == np.float32
-                          else _kernels.ROW_NR_FLOAT64)
+            nr = (_kernels.ROW_NR_FLOAT32 if dtype == np.float32 else _kernels.ROW_NR_FLOAT64)
+            tile_lanes = nr
         else:
             nr = _kernels.NR_FLOAT32 if dtype == np.float32 else _kernels.NR_FLOAT64
-            lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
+            tile_lanes = lanes
+        half_tail = _kernels.HALF_TAIL and per_group > 1
         layout_plan = _conv_plan.plan(
             n_images=n_images, groups=groups, in_per_group=in_per_group, per_group=per_group,
-            mr=_kernels.MR, nr=nr, lanes=lanes, half_tail=_kernels.HALF_TAIL and per_group > 1,
-            **geometry)
-        runner = _kernels.GemmCall(
-            layout_plan, dtype, x.shape, shape, channels_last=channels_last, groups=groups,
-            per_group=per_group, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),
-            relu=activation == "relu", pool=pool,
-            # 1x1, stride 1, no padding: whole tiles may read x's rows in place
-            pointwise=kh == kw == 1 and (sh, sw) == (1, 1) and not any(pads),
-            workspace=_workspace)
+            mr=_kernels.MR, nr=nr, lanes=tile_lanes, half_tail=half_tail, **geometry)
+        fill = _conv_plan.pixel_fill(layout_plan, out_h, out_w, tile_lanes, nr, half_tail)
+        if _conv_plan.use_filter_lanes(n_images=n_images, groups=groups, per_group=per_group,
+                                       depth=in_per_group * kh * kw, out_h=out_h, out_w=out_w,
+                                       lanes=lanes, fill=fill, row_multiple=pool):
+            path = "lanes"
+            del geometry["row_multiple"]
+            layout_plan = _conv_plan.filter_lane_plan(
+                n_images=n_images, in_channels=channels, n_filters=n_filters, lanes=lanes,
+                **geometry)
+            runner = _kernels.FilterLaneCall(
+                layout_plan, dtype, x.shape, shape, channels_last=channels_last,
+                n_filters=n_filters, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),
+                relu=activation == "relu", workspace=_workspace)
+        else:
+            runner = _kernels.GemmCall(
+                layout_plan, dtype, x.shape, shape, channels_last=channels_last,
+                groups=groups, per_group=per_group, kernel=(kh, kw), stride_w=sw,
+                out_hw=(out_h, out_w), relu=activation == "relu", pool=pool,
+                # 1x1, stride 1, no padding: whole tiles may read x's rows in place
+                pointwise=kh == kw == 1 and (sh, sw) == (1, 1) and not any(pads),
+                workspace=_workspace)
     direct = all(a.dtype == dtype and a.dtype.isnative and (a is x or a.flags.c_contiguous)
                  and a.flags.aligned for a, _ in arrays) and not copy_x
     call = _ConvCall(dtype, shape, kernel_shape, channels_last, copy_x, activation == "relu",

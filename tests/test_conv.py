@@ -1511,6 +1511,102 @@ def test_pointwise_few_channels_of_large_planes(rng, n, c, h, w, f, groups, dtyp
     assert_exact_through_row_view(x, weight, b, expected, groups=groups)
 
 
+def _conv_call(x, weight, **kwargs):
+    """The validated call conv2d makes of these arguments (its path and planned runner)."""
+    from fastconv import conv
+
+    call, *_ = conv._validate(x, weight, None, kwargs.get("stride", 1),
+                              kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                              kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"),
+                              kwargs.get("layout", "NCHW"), None, 1)
+    return call
+
+
+@pytest.fixture
+def filter_lanes_everywhere(monkeypatch):
+    """conv2d takes the filter-lane kernel wherever it may (as if the GEMM kernel's vectors
+    held no pixels, for any amount of work), with the weights packed per task if
+    shared=False is asked."""
+    from fastconv import _conv_plan, conv
+
+    def force(shared=True):
+        monkeypatch.setattr(_conv_plan, "pixel_fill", lambda *args: 0.0)
+        monkeypatch.setattr(_conv_plan, "LANES_MIN_WORK", 0)
+        if not shared:
+            monkeypatch.setattr(_conv_plan, "LANES_SHARED_BYTES", 0)
+        _conv_plan.filter_lane_plan.cache_clear()
+        conv._forget_calls()
+
+    yield force
+    _conv_plan.filter_lane_plan.cache_clear()
+    conv._forget_calls()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs, shared", [
+    (20, 30, 7, 7, 23, (7, 7), dict(stride=2, padding=3), True),    # 4x4 maps, 23 filters
+    (20, 30, 7, 7, 23, (7, 7), dict(stride=2, padding=3), False),   # weights packed per task
+    (16, 40, 6, 6, 14, (3, 3), dict(stride=2, padding=1), True),    # one vector of filters
+    (16, 300, 6, 6, 46, (3, 3), dict(stride=2, padding=1), True),   # chunks of channels
+    (16, 64, 6, 6, 200, (3, 3), dict(stride=2, padding=1), False),  # chunks of filters
+    (6, 21, 9, 9, 33, (5, 5), dict(padding=0), True),               # 5x5 maps
+    (16, 12, 7, 9, 20, (3, 5), dict(stride=(2, 1), padding=(1, 0), padding_mode="reflect"),
+     True),
+    (10, 17, 8, 8, 24, (3, 3), dict(stride=2, dilation=2, padding=2, padding_mode="circular"),
+     True),
+    (9, 18, 7, 7, 16, (7, 7), dict(stride=2, padding=3, padding_mode="replicate"), False),
+    (130, 8, 1, 1, 48, (1, 1), {}, True),                           # a dense layer
+])
+def test_filter_lanes(rng, filter_lanes_everywhere, n, c, h, w, f, kernel, kwargs, shared,
+                      dtype):
+    """The filter-lane kernel (filters in the vector lanes, for small maps): exact for every
+    padding mode, stride, dilation, filter count and chunking, weights packed per call or per
+    task, for 1-3 threads, with ReLU, NHWC, a row view, no bias and a NaN-filled out=."""
+    filter_lanes_everywhere(shared)
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel, integer=True,
+                               dtype=dtype)
+    call = _conv_call(x, weight, **kwargs)
+    assert call.path == "lanes"
+    assert call.runner.plan.shared_weights == (shared and n > call.runner.plan.images_per_task)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
+    out = np.full(expected.shape, np.nan, dtype)
+    fastconv.conv2d(x, weight, b, out=out, **kwargs)
+    assert_array_equal(out, expected)
+    assert_array_equal(fastconv.conv2d(x, weight, **kwargs),
+                       conv2d_reference(x, weight, None, **kwargs).astype(dtype))
+
+
+def test_filter_lanes_taken_for_small_strided_maps(rng):
+    """64 images of 7x7 -> 4x4 with 23 filters of 7x7 (stride 2): the GEMM kernel's vectors
+    would hold 16 pixels in 32 lanes, so the filter-lane kernel runs (AVX-512, float32)."""
+    x, weight, _ = make_inputs(rng, n=64, c=8, h=7, w=7, f=23, kernel=(7, 7))
+    call = _conv_call(x, weight, stride=2, padding=3)
+    if fastconv.conv._kernels.ISA == "avx512":
+        assert call.path == "lanes"
+    assert call.path in ("lanes", "gemm")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("h, w, kernel, kwargs", [
+    (6, 6, (3, 3), dict(stride=2, padding=1)),
+    (16, 15, (3, 3), dict(padding=1)),                    # slab rows of a whole vector
+    (5, 9, (3, 3), dict(stride=(1, 3), padding=1, padding_mode="reflect")),
+    (7, 7, (5, 5), dict(stride=4, padding=2, padding_mode="circular")),   # four phases
+    (9, 7, (3, 3), dict(dilation=(1, 3), padding=(1, 3), padding_mode="replicate")),
+])
+def test_short_rows_fill(rng, h, w, kernel, kwargs, dtype):
+    """Input rows of at most one vector fill the slab through one load and a lane permute
+    per slab row (AVX-512): exact for every padding mode, stride and dilation, in NCHW, in
+    NHWC (the general fill) and through a view."""
+    x, weight, b = make_inputs(rng, n=3, c=5, h=h, w=w, f=12, kernel=kernel, integer=True,
+                               dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs, pool", [
     (1, 64, 7, 7, 48, (3, 3), dict(padding=1), 1),     # bands of 4 + 3 rows over a pitch of 8

@@ -1,0 +1,238 @@
+# The filter-lane kernel for small maps, included by _conv.pxi, whose slab fill and
+# transposes it shares.
+#
+# A 4x4 output map has 16 pixels; over the GEMM kernel's pitch (junk columns for the taps'
+# reach) they take two vectors of 16 lanes, half of them junk, and stacking images instead
+# gathers every tap of every pixel into panels. Here the vector lanes hold filters: a task
+# owns whole maps of a few images and a run of vectors of filters. Per chunk of input
+# channels it fills each image's slab as _gemm_forward does (one band of all rows), packs
+# its filters' weights for the chunk as rows of vectors (a transpose; once per call for all
+# tasks where several blocks of images would repeat it, see FilterLanePlan), and runs
+# fc_lanes: each pixel's value of a reduction row is one broadcast from the slab, each
+# weight row two vector loads, for up to FC_LANES_NP pixels x 2 vectors of filters. The
+# staged tile (pixels x filters) goes out transposed (NCHW) or as it is (NHWC). Every
+# output element is reduced by one task in a fixed order: bit-identical for any thread
+# count.
+
+cdef extern from "_conv_microkernel.h" nogil:
+    enum:
+        FC_LANES_NP
+    void fc_lanes_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda, const float *b,
+                      const Py_ssize_t *b_offset, const Py_ssize_t *pix, float *c,
+                      Py_ssize_t ldc, const float *bias, int relu, int np, int nv)
+    void fc_lanes_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda, const double *b,
+                      const Py_ssize_t *b_offset, const Py_ssize_t *pix, double *c,
+                      Py_ssize_t ldc, const double *bias, int relu, int np, int nv)
+
+
+cdef inline void _lanes(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
+                        const floating *b, const Py_ssize_t *b_offset, const Py_ssize_t *pix,
+                        floating *c, Py_ssize_t ldc, const floating *bias, bint relu, int np,
+                        int nv) noexcept nogil:
+    if floating is float:
+        fc_lanes_f32(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, np, nv)
+    else:
+        fc_lanes_f64(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, np, nv)
+
+
+ctypedef struct _FilterLaneJob:
+    # What every task of one _filter_lanes_forward call shares (see _GemmJob).
+    const void *x
+    const void *weight
+    const void *bias              # (fvecs * lanes,) zero-padded
+    void *out
+    Py_ssize_t sn, sc, sh, sw
+    const Py_ssize_t *row_src
+    Py_ssize_t slab_rows
+    const Py_ssize_t *col_src
+    const Py_ssize_t *col_inner
+    const Py_ssize_t *offsets
+    const Py_ssize_t *pixel_src
+    Py_ssize_t stride_w, phases, pitch, slab_channel, wrap
+    Py_ssize_t n_images, channels, channels_per_chunk, n_filters, depth, taps, lanes
+    Py_ssize_t out_pixels, images_per_task, image_slab, fvecs, fvecs_per_task, fchunks
+    Py_ssize_t panel_base, panel_ld
+    void *packed                  # the weights packed once per call (_pack_lane_panel), or NULL
+    bint relu, channels_last
+
+
+cdef void _pack_lane_panel(const _FilterLaneJob *job, Py_ssize_t fc, Py_ssize_t c0,
+                           floating *panel) noexcept nogil:
+    """The weights of chunk fc of filters for channels c0 .. c0 + channels_per_chunk as rows
+    of vectors, zero past the last filter: panel[r, f] = weight[f0 + f, c0 * taps + r]."""
+    cdef const floating *weight = <const floating *>job.weight
+    cdef Py_ssize_t lanes = job.lanes, ld = job.panel_ld
+    cdef Py_ssize_t fvecs = min(job.fvecs_per_task, job.fvecs - fc * job.fvecs_per_task)
+    cdef Py_ssize_t f0 = fc * job.fvecs_per_task * lanes
+    cdef Py_ssize_t f_len = min(fvecs * lanes, job.n_filters - f0)
+    cdef Py_ssize_t rows = min(job.channels_per_chunk, job.channels - c0) * job.taps
+    cdef Py_ssize_t r
+    _transpose(weight + f0 * job.depth + c0 * job.taps, job.depth, f_len, rows, panel, ld)
+    if f_len < fvecs * lanes:
+        for r in range(rows):
+            memset(panel + r * ld + f_len, 0, (fvecs * lanes - f_len) * sizeof(floating))
+
+
+cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floating *slab,
+                             floating *stage) noexcept nogil:
+    """One task of _filter_lanes_forward: whole maps of a block of images for a run of
+    vectors of filters, into the thread's slab (images, then the packed weights) and staged
+    tile (pixels x the task's filters)."""
+    cdef const floating *x_data = <const floating *>job.x
+    cdef const floating *bias = <const floating *>job.bias
+    cdef floating *out = <floating *>job.out
+    cdef floating *panel = slab + job.panel_base
+    cdef Py_ssize_t lanes = job.lanes, taps = job.taps, ld = job.panel_ld
+    cdef Py_ssize_t fc = task % job.fchunks
+    cdef Py_ssize_t n0 = task // job.fchunks * job.images_per_task
+    cdef Py_ssize_t images = min(job.images_per_task, job.n_images - n0)
+    cdef Py_ssize_t fv0 = fc * job.fvecs_per_task
+    cdef Py_ssize_t fvecs = min(job.fvecs_per_task, job.fvecs - fv0)
+    cdef Py_ssize_t f0 = fv0 * lanes
+    cdef Py_ssize_t f_len = min(fvecs * lanes, job.n_filters - f0)
+    cdef Py_ssize_t pixels = images * job.out_pixels
+    # pixels in equal tiles of at most FC_LANES_NP (16 -> 8 + 8, not 12 + 4)
+    cdef Py_ssize_t tiles = (pixels + FC_LANES_NP - 1) // FC_LANES_NP
+    cdef Py_ssize_t tile = (pixels + tiles - 1) // tiles
+    cdef Py_ssize_t c0, cc, i, r, fv, p0, rows
+    cdef bint last
+    cdef int nv
+    c0 = 0
+    while c0 < job.channels:
+        cc = min(job.channels_per_chunk, job.channels - c0)
+        rows = cc * taps
+        last = c0 + cc == job.channels
+        for i in range(images):
+            _fill_slab(x_data + (n0 + i) * job.sn + c0 * job.sc, job.sc, job.sh, job.sw, cc,
+                       job.row_src, job.slab_rows, job.col_src, job.col_inner, job.stride_w,
+                       job.phases, job.pitch, slab + i * job.image_slab)
+            if job.wrap:  # the right padding read past the last row (see _gemm_task)
+                memset(slab + i * job.image_slab + cc * job.slab_channel, 0,
+                       job.wrap * sizeof(floating))
+        if job.packed != NULL:  # packed for all tasks
+            panel = <floating *>job.packed + (fc * job.depth + c0 * taps) * ld
+        else:
+            _pack_lane_panel(job, fc, c0, panel)
+        fv = 0
+        while fv < fvecs:  # two vectors of filters at a time, their weights staying in L1
+            nv = 2 if fv + 1 < fvecs else 1
+            p0 = 0
+            while p0 < pixels:
+                _lanes(rows, panel + fv * lanes, ld, slab, job.offsets, job.pixel_src + p0,
+                       stage + p0 * ld + fv * lanes, ld,
+                       bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
+                       <int>min(tile, pixels - p0), nv)
+                p0 = p0 + tile
+            fv = fv + nv
+        c0 = c0 + cc
+    cdef Py_ssize_t plane = job.out_pixels
+    if job.channels_last:  # each pixel's filters are a run of its output row
+        for r in range(pixels):
+            _copy(out + (n0 * plane + r) * job.n_filters + f0, stage + r * ld, f_len)
+    else:
+        for i in range(images):
+            _transpose(stage + i * plane * ld, ld, plane, f_len,
+                       out + ((n0 + i) * job.n_filters + f0) * plane, plane)
+
+
+cdef int _filter_lanes_forward(
+    const _Arg *x,                 # IN  (N, C, H, W) any element strides
+    const floating *weight,        # IN  (F, C*KH*KW) C-contiguous
+    const floating *bias,          # IN  (F,) or NULL (zero)
+    Py_ssize_t n_filters,
+    floating *out_data,            # OUT (N, F, OH*OW) or (N, OH*OW, F) if NHWC
+    floating *scratch_data,        # SCRATCH num_threads x scratch_per_thread, then the bias
+                                   #     zero-padded to whole vectors (a multiple of 64
+                                   #     bytes), then (shared_weights) the packed weights:
+                                   #     _lane_weights_size(...) elements
+    const _Arg *row_src,           # IN  intp (1, slab rows) input row or -1
+    const _Arg *col_src,           # IN  intp (P, pitch) input col per slab column or -1
+    const _Arg *col_inner,         # IN  intp (P, 3) linear interior of col_src
+    const _Arg *b_offset,          # IN  intp (CC*KH*KW,) slab offset of row (c, kh, kw)
+    const _Arg *pixel_src,         # IN  intp (images_per_task*OH*OW,) slab position of each
+                                   #     of a task's pixels
+    Py_ssize_t stride_w, Py_ssize_t taps, Py_ssize_t out_h, Py_ssize_t out_w,
+    Py_ssize_t channels_per_chunk, Py_ssize_t images_per_task, Py_ssize_t image_slab,
+    Py_ssize_t fvecs_per_task, Py_ssize_t slab_size, Py_ssize_t wrap,
+    bint shared_weights,           # pack the weights once, after the bias (see the plan)
+    bint channels_last, bint relu, int num_threads,
+) except -1:
+    """out = conv(x, weight) + bias (then ReLU) for a whole batch of small maps, one group;
+    see this file's header. The caller (FilterLaneCall) has checked every size against the
+    plan."""
+    cdef Py_ssize_t lanes = FC_LANES_F32 if floating is float else FC_LANES_F64
+    cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1]
+    cdef Py_ssize_t fvecs = (n_filters + lanes - 1) // lanes
+    cdef Py_ssize_t fchunks = (fvecs + fvecs_per_task - 1) // fvecs_per_task
+    cdef Py_ssize_t n_tasks = (n_images + images_per_task - 1) // images_per_task * fchunks
+    cdef Py_ssize_t out_pixels = out_h * out_w
+    cdef Py_ssize_t scratch_per_thread = (slab_size + images_per_task * out_pixels
+                                          * fvecs_per_task * lanes)
+    cdef floating *padded_bias = scratch_data + num_threads * scratch_per_thread
+    cdef long long work = <long long>n_images * out_pixels * n_filters * channels * taps
+    cdef Py_ssize_t f, task
+    cdef floating *slab = NULL
+    cdef floating *stage = NULL
+    if n_tasks == 0:
+        return 0
+    for f in range(fvecs * lanes):
+        padded_bias[f] = bias[f] if bias != NULL and f < n_filters else 0
+    cdef _FilterLaneJob job
+    job.x, job.weight, job.bias, job.out = x.data, weight, padded_bias, out_data
+    job.sn, job.sc, job.sh, job.sw = x.strides[0], x.strides[1], x.strides[2], x.strides[3]
+    job.row_src, job.slab_rows = <const Py_ssize_t *>row_src.data, row_src.shape[1]
+    job.col_src = <const Py_ssize_t *>col_src.data
+    job.col_inner = <const Py_ssize_t *>col_inner.data
+    job.offsets = <const Py_ssize_t *>b_offset.data
+    job.pixel_src = <const Py_ssize_t *>pixel_src.data
+    job.stride_w, job.phases, job.pitch = stride_w, col_src.shape[0], col_src.shape[1]
+    job.slab_channel = job.phases * job.slab_rows * job.pitch
+    job.wrap = wrap
+    job.n_images, job.channels, job.channels_per_chunk = n_images, channels, channels_per_chunk
+    job.n_filters, job.depth, job.taps, job.lanes = n_filters, channels * taps, taps, lanes
+    job.out_pixels, job.images_per_task, job.image_slab = out_pixels, images_per_task, image_slab
+    job.fvecs, job.fvecs_per_task, job.fchunks = fvecs, fvecs_per_task, fchunks
+    job.panel_base = images_per_task * image_slab
+    job.panel_ld = fvecs_per_task * lanes
+    job.relu, job.channels_last = relu, channels_last
+    cdef Py_ssize_t cchunks = (channels + channels_per_chunk - 1) // channels_per_chunk
+    cdef Py_ssize_t n_packs = fchunks * cchunks if shared_weights else 0
+    cdef Py_ssize_t j
+    job.packed = (padded_bias + (fvecs * lanes + 15) // 16 * 16 if shared_weights
+                  else NULL)
+    cdef int master_cpu
+    if num_threads > 1 and work > PARALLEL_WORK:
+        master_cpu = fc_current_cpu()
+        with nogil, parallel(num_threads=num_threads):
+            fc_leave_master_cpu(master_cpu)  # see _threads.h
+            slab = scratch_data + threadid() * scratch_per_thread
+            stage = slab + slab_size
+            for j in prange(n_packs, schedule="dynamic"):  # ends with a barrier
+                _pack_lane_panel(&job, j // cchunks, j % cchunks * channels_per_chunk,
+                                 <floating *>job.packed
+                                 + (j // cchunks * job.depth
+                                    + j % cchunks * channels_per_chunk * taps) * job.panel_ld)
+            for task in prange(n_tasks, schedule="dynamic"):
+                _filter_lanes_task(&job, task, slab, stage)
+    else:
+        with nogil:
+            for j in range(n_packs):
+                _pack_lane_panel(&job, j // cchunks, j % cchunks * channels_per_chunk,
+                                 <floating *>job.packed
+                                 + (j // cchunks * job.depth
+                                    + j % cchunks * channels_per_chunk * taps) * job.panel_ld)
+            for task in range(n_tasks):
+                _filter_lanes_task(&job, task, scratch_data, scratch_data + slab_size)
+    return 0
+
+
+cdef inline Py_ssize_t _lane_weights_size(Py_ssize_t n_filters, Py_ssize_t depth,
+                                          Py_ssize_t fvecs_per_task, Py_ssize_t lanes,
+                                          bint shared_weights) noexcept nogil:
+    """Shared scratch elements of a filter-lane call: the padded bias (rounded up to 64
+    bytes), then the weights packed once (shared_weights): each chunk of fvecs_per_task
+    vectors of filters as (depth, fvecs_per_task * lanes)."""
+    cdef Py_ssize_t fvecs = (n_filters + lanes - 1) // lanes
+    cdef Py_ssize_t fchunks = (fvecs + fvecs_per_task - 1) // fvecs_per_task
+    cdef Py_ssize_t bias = (fvecs * lanes + 15) // 16 * 16
+    return bias + (fchunks * depth * fvecs_per_task * lanes if shared_weights else 0)
