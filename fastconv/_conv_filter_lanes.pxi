@@ -19,20 +19,22 @@ cdef extern from "_conv_microkernel.h" nogil:
         FC_LANES_NP
     void fc_lanes_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda, const float *b,
                       const Py_ssize_t *b_offset, const Py_ssize_t *pix, float *c,
-                      Py_ssize_t ldc, const float *bias, int relu, int np, int nv)
+                      Py_ssize_t ldc, const float *bias, int relu, int np, int nv,
+                      int half)
     void fc_lanes_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda, const double *b,
                       const Py_ssize_t *b_offset, const Py_ssize_t *pix, double *c,
-                      Py_ssize_t ldc, const double *bias, int relu, int np, int nv)
+                      Py_ssize_t ldc, const double *bias, int relu, int np, int nv,
+                      int half)
 
 
 cdef inline void _lanes(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
                         const floating *b, const Py_ssize_t *b_offset, const Py_ssize_t *pix,
                         floating *c, Py_ssize_t ldc, const floating *bias, bint relu, int np,
-                        int nv) noexcept nogil:
+                        int nv, bint half) noexcept nogil:
     if floating is float:
-        fc_lanes_f32(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, np, nv)
+        fc_lanes_f32(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, np, nv, half)
     else:
-        fc_lanes_f64(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, np, nv)
+        fc_lanes_f64(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, np, nv, half)
 
 
 ctypedef struct _FilterLaneJob:
@@ -95,7 +97,7 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
     cdef Py_ssize_t tiles = (pixels + FC_LANES_NP - 1) // FC_LANES_NP
     cdef Py_ssize_t tile = (pixels + tiles - 1) // tiles
     cdef Py_ssize_t c0, cc, i, r, fv, p0, rows
-    cdef bint last
+    cdef bint last, half
     cdef int nv
     c0 = 0
     while c0 < job.channels:
@@ -116,12 +118,15 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
         fv = 0
         while fv < fvecs:  # two vectors of filters at a time, their weights staying in L1
             nv = 2 if fv + 1 < fvecs else 1
+            # the task's last vector as a half vector where half of it holds its filters
+            half = (FC_HALF_TAIL and fv + nv == fvecs
+                    and f_len - (fvecs - 1) * lanes <= lanes // 2)
             p0 = 0
             while p0 < pixels:
                 _lanes(rows, panel + fv * lanes, ld, slab, job.offsets, job.pixel_src + p0,
                        stage + p0 * ld + fv * lanes, ld,
                        bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
-                       <int>min(tile, pixels - p0), nv)
+                       <int>min(tile, pixels - p0), nv, half)
                 p0 = p0 + tile
             fv = fv + nv
         c0 = c0 + cc

@@ -362,61 +362,83 @@ static inline void FC_NAME(fc_blocked_row)(
  *                                              * b[b_offset[r] + pix[p]]
  * init: bias[v * FC_LANES + l] (bias != NULL, the first reduction block) or c (later
  * blocks). A row of A is a packed row of the filters' weights; each pixel's value of
- * reduction row r is one broadcast from the slab. Sums run over r in order. */
+ * reduction row r is one broadcast from the slab. half (FC_HALF_TAIL only): the last
+ * vector is a half vector (23 filters: 16 + 8 lanes, not 32). Sums run over r in order. */
 static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset, const Py_ssize_t *restrict pix, FC_T *restrict c,
-    Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int np, const int nv)
+    Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int np, const int nv,
+    const int half)
 {
+    const int nf = nv - half;  /* full vectors */
     FC_V acc[FC_LANES_NP][2];
+#if FC_HALF_TAIL
+    FC_H acch[FC_LANES_NP];
+#endif
     const FC_T *bp[FC_LANES_NP];
 #pragma GCC unroll 16
     for (int p = 0; p < np; p++) {
         bp[p] = b + pix[p];
 #pragma GCC unroll 2
-        for (int v = 0; v < nv; v++)
+        for (int v = 0; v < nf; v++)
             acc[p][v] = bias ? *(const FC_VU *)(bias + v * FC_LANES)
                              : *(const FC_VU *)(c + p * ldc + v * FC_LANES);
+        FC_IF_HALF(acch[p] = bias ? *(const FC_HU *)(bias + nf * FC_LANES)
+                                  : *(const FC_HU *)(c + p * ldc + nf * FC_LANES););
     }
     for (Py_ssize_t r = 0; r < depth; r++) {
         const Py_ssize_t o = b_offset[r];
         FC_V w[2];
 #pragma GCC unroll 2
-        for (int v = 0; v < nv; v++) w[v] = *(const FC_VU *)(a + r * lda + v * FC_LANES);
+        for (int v = 0; v < nf; v++) w[v] = *(const FC_VU *)(a + r * lda + v * FC_LANES);
+#if FC_HALF_TAIL
+        FC_H wh = {0};
+        FC_IF_HALF(wh = *(const FC_HU *)(a + r * lda + nf * FC_LANES););
+#endif
 #pragma GCC unroll 16
         for (int p = 0; p < np; p++) {
             const FC_T x = bp[p][o];
 #pragma GCC unroll 2
-            for (int v = 0; v < nv; v++) acc[p][v] += w[v] * x;
+            for (int v = 0; v < nf; v++) acc[p][v] += w[v] * x;
+            FC_IF_HALF(acch[p] += wh * x;);
         }
     }
     const FC_V zero = {0};
 #pragma GCC unroll 16
     for (int p = 0; p < np; p++) {
 #pragma GCC unroll 2
-        for (int v = 0; v < nv; v++) {
+        for (int v = 0; v < nf; v++) {
             if (relu) acc[p][v] = (FC_V)((FC_VI)acc[p][v] & ~(FC_VI)(acc[p][v] < zero));
             *(FC_VU *)(c + p * ldc + v * FC_LANES) = acc[p][v];
         }
+        FC_IF_HALF(
+            if (relu) acch[p] = (FC_H)((FC_HI)acch[p] & ~(FC_HI)(acch[p] < (FC_H){0}));
+            *(FC_HU *)(c + p * ldc + nf * FC_LANES) = acch[p];
+        );
     }
 }
 
-/* fc_lanes_body for np = 1 .. FC_LANES_NP pixels and nv = 1 or 2 vectors of filters. */
+/* fc_lanes_body for np = 1 .. FC_LANES_NP pixels and nv = 1 or 2 vectors of filters, the
+ * last one half if half (FC_HALF_TAIL only). */
 static inline void FC_NAME(fc_lanes)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset, const Py_ssize_t *restrict pix, FC_T *restrict c,
-    Py_ssize_t ldc, const FC_T *restrict bias, int relu, int np, int nv)
+    Py_ssize_t ldc, const FC_T *restrict bias, int relu, int np, int nv, int half)
 {
 #if FC_LANES_NP != 12 && FC_LANES_NP != 6
 #error "fc_lanes is written for FC_LANES_NP 6 or 12"
 #endif
+#define FC_LB(n, v, h) FC_NAME(fc_lanes_body)(depth, a, lda, b, b_offset, pix, c, ldc, bias, \
+                                              relu, n, v, h)
+#if FC_HALF_TAIL
 #define FC_L(n) \
     case n: \
-        if (nv == 2) FC_NAME(fc_lanes_body)(depth, a, lda, b, b_offset, pix, c, ldc, bias, \
-                                            relu, n, 2); \
-        else FC_NAME(fc_lanes_body)(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, \
-                                    n, 1); \
+        if (nv == 2) { if (half) FC_LB(n, 2, 1); else FC_LB(n, 2, 0); } \
+        else { if (half) FC_LB(n, 1, 1); else FC_LB(n, 1, 0); } \
         break;
+#else
+#define FC_L(n) case n: if (nv == 2) FC_LB(n, 2, 0); else FC_LB(n, 1, 0); break;
+#endif
     switch (np) {
     FC_L(1) FC_L(2) FC_L(3) FC_L(4) FC_L(5) FC_L(6)
 #if FC_LANES_NP == 12
@@ -425,6 +447,7 @@ static inline void FC_NAME(fc_lanes)(
     default: break;
     }
 #undef FC_L
+#undef FC_LB
 }
 
 #undef FC_IF_HALF

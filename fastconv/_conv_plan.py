@@ -224,13 +224,17 @@ def pixel_fill(gemm_plan, out_h, out_w, lanes, nr, half_tail):
 
 
 def use_filter_lanes(*, n_images, groups, per_group, depth, out_h, out_w, lanes, fill,
-                     row_multiple=1):
+                     row_multiple=1, half_tail=False):
     """Whether conv2d runs on the filter-lane kernel rather than the GEMM kernel whose
     pixels fill ``fill`` of its lanes (pixel_fill): small maps of one group, enough work
     (``depth``: reduction rows), no fused pooling, and filters that fill their vectors
-    much better."""
+    (a last one of at most half its lanes as a half vector with ``half_tail``) much
+    better."""
     pixels = out_h * out_w
-    filter_fill = per_group / (-(-per_group // lanes) * lanes)
+    computed = -(-per_group // lanes) * lanes
+    if half_tail and 0 < per_group % lanes <= lanes // 2:
+        computed -= lanes // 2
+    filter_fill = per_group / computed
     return (groups == 1 and row_multiple == 1 and lanes > 1 and pixels <= LANES_MAX_PIXELS
             and n_images * pixels * depth >= LANES_MIN_WORK
             and fill < LANES_GAIN * filter_fill)
