@@ -191,10 +191,13 @@ class FilterLanePlan(NamedTuple):
 # batch of at least LANES_MIN_WORK pixels x reduction rows. Measured on Zen 4, 2 threads,
 # filter-lane / GEMM time over 25 random small strided layers: 0.52-0.86 (64 images of
 # 7x7, 125 -> 23 filters of 7x7 with stride 2: 0.79); 16 x 8x8 -> 3x3 with 25 channels
-# (57,600 pixels x rows): 1.28. Forced onto layers whose GEMM plan stacks images (compact
-# pixels), it measured 0.72-0.96 on shallow ones and 1.06-1.19 on deep ones, so those keep
-# the GEMM kernel.
+# (57,600 pixels x rows): 1.28; with the half vector of filters (below) the 7x7 stride-2
+# layer a further 0.78. Where the GEMM plan stacks images (compact pixels, gathered per
+# reduction row) it also replaces it for at most LANES_STACKED_FILTERS filters and kernels
+# larger than 1x1: 24 random stacked layers forced onto it measured 0.64-0.93 with 32-64
+# filters (a 1x1 layer with 64: 1.07, its panels copied from x), 0.95-1.27 with 96-256.
 LANES_GAIN = 0.75
+LANES_STACKED_FILTERS = 64
 LANES_MAX_PIXELS = 64
 LANES_MIN_WORK = 65536
 # Pixels per task: the packed weights serve them all. Reduction rows per chunk of channels
@@ -223,13 +226,14 @@ def pixel_fill(gemm_plan, out_h, out_w, lanes, nr, half_tail):
     return out_h * out_w / computed
 
 
-def use_filter_lanes(*, n_images, groups, per_group, depth, out_h, out_w, lanes, fill,
-                     row_multiple=1, half_tail=False):
+def use_filter_lanes(*, n_images, groups, per_group, depth, taps, out_h, out_w, lanes, fill,
+                     stacked, row_multiple=1, half_tail=False):
     """Whether conv2d runs on the filter-lane kernel rather than the GEMM kernel whose
-    pixels fill ``fill`` of its lanes (pixel_fill): small maps of one group, enough work
-    (``depth``: reduction rows), no fused pooling, and filters that fill their vectors
-    (a last one of at most half its lanes as a half vector with ``half_tail``) much
-    better."""
+    pixels fill ``fill`` of its lanes (pixel_fill; ``stacked``: its plan stacks images):
+    small maps of one group, enough work (``depth``: reduction rows), no fused pooling, and
+    filters that fill their vectors (a last one of at most half its lanes as a half vector
+    with ``half_tail``) much better, or few filters of more than one tap where the GEMM
+    kernel gathers stacked images."""
     pixels = out_h * out_w
     computed = -(-per_group // lanes) * lanes
     if half_tail and 0 < per_group % lanes <= lanes // 2:
@@ -237,7 +241,8 @@ def use_filter_lanes(*, n_images, groups, per_group, depth, out_h, out_w, lanes,
     filter_fill = per_group / computed
     return (groups == 1 and row_multiple == 1 and lanes > 1 and pixels <= LANES_MAX_PIXELS
             and n_images * pixels * depth >= LANES_MIN_WORK
-            and fill < LANES_GAIN * filter_fill)
+            and (fill < LANES_GAIN * filter_fill
+                 or (stacked and taps > 1 and per_group <= LANES_STACKED_FILTERS)))
 
 
 @functools.lru_cache(maxsize=256)

@@ -449,9 +449,10 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             mr=_kernels.MR, nr=nr, lanes=tile_lanes, half_tail=half_tail, **geometry)
         fill = _conv_plan.pixel_fill(layout_plan, out_h, out_w, tile_lanes, nr, half_tail)
         if _conv_plan.use_filter_lanes(n_images=n_images, groups=groups, per_group=per_group,
-                                       depth=in_per_group * kh * kw, out_h=out_h, out_w=out_w,
-                                       lanes=lanes, fill=fill, row_multiple=pool,
-                                       half_tail=_kernels.HALF_TAIL):
+                                       depth=in_per_group * kh * kw, taps=kh * kw,
+                                       out_h=out_h, out_w=out_w, lanes=lanes, fill=fill,
+                                       stacked=layout_plan.images_per_task > 0,
+                                       row_multiple=pool, half_tail=_kernels.HALF_TAIL):
             path = "lanes"
             del geometry["row_multiple"]
             layout_plan = _conv_plan.filter_lane_plan(
