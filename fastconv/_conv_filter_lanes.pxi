@@ -75,6 +75,14 @@ cdef void _pack_lane_panel(const _FilterLaneJob *job, Py_ssize_t fc, Py_ssize_t 
             memset(panel + r * ld + f_len, 0, (fvecs * lanes - f_len) * sizeof(floating))
 
 
+cdef inline void _pack_shared_panel(const _FilterLaneJob *job, Py_ssize_t j,
+                                    Py_ssize_t cchunks, floating *packed) noexcept nogil:
+    """Panel j of the weights packed once per call: chunk j // cchunks of filters, chunk
+    j % cchunks of channels, where _filter_lanes_task reads it."""
+    cdef Py_ssize_t fc = j // cchunks, c0 = j % cchunks * job.channels_per_chunk
+    _pack_lane_panel(job, fc, c0, packed + (fc * job.depth + c0 * job.taps) * job.panel_ld)
+
+
 cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floating *slab,
                              floating *stage) noexcept nogil:
     """One task of _filter_lanes_forward: whole maps of a block of images for a run of
@@ -213,19 +221,13 @@ cdef int _filter_lanes_forward(
             slab = scratch_data + threadid() * scratch_per_thread
             stage = slab + slab_size
             for j in prange(n_packs, schedule="dynamic"):  # ends with a barrier
-                _pack_lane_panel(&job, j // cchunks, j % cchunks * channels_per_chunk,
-                                 <floating *>job.packed
-                                 + (j // cchunks * job.depth
-                                    + j % cchunks * channels_per_chunk * taps) * job.panel_ld)
+                _pack_shared_panel(&job, j, cchunks, <floating *>job.packed)
             for task in prange(n_tasks, schedule="dynamic"):
                 _filter_lanes_task(&job, task, slab, stage)
     else:
         with nogil:
             for j in range(n_packs):
-                _pack_lane_panel(&job, j // cchunks, j % cchunks * channels_per_chunk,
-                                 <floating *>job.packed
-                                 + (j // cchunks * job.depth
-                                    + j % cchunks * channels_per_chunk * taps) * job.panel_ld)
+                _pack_shared_panel(&job, j, cchunks, <floating *>job.packed)
             for task in range(n_tasks):
                 _filter_lanes_task(&job, task, scratch_data, scratch_data + slab_size)
     return 0
