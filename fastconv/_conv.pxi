@@ -53,6 +53,7 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_copy_f32(float *dst, const float *src, Py_ssize_t n)
     void fc_copy_f64(double *dst, const double *src, Py_ssize_t n)
     void fc_gather_f32(float *dst, const float *src, const Py_ssize_t *index, Py_ssize_t n)
+    void fc_gather_f64(double *dst, const double *src, const Py_ssize_t *index, Py_ssize_t n)
     enum:
         FC_SHORT_ROWS
         FC_SHORT_PHASES
@@ -66,7 +67,6 @@ cdef extern from "_conv_microkernel.h" nogil:
                                 Py_ssize_t slab_rows, const Py_ssize_t *col_src,
                                 Py_ssize_t phases, Py_ssize_t pitch, Py_ssize_t width,
                                 double *slab)
-    void fc_gather_f64(double *dst, const double *src, const Py_ssize_t *index, Py_ssize_t n)
     float fc_max_nan_f32(float a, float b)
     double fc_max_nan_f64(double a, double b)
     void fc_max_rows_f32(float *top, const float *row, Py_ssize_t n)
@@ -537,9 +537,10 @@ cdef inline int _tile_vectors(Py_ssize_t j0, Py_ssize_t q_len, Py_ssize_t lanes)
 
 cdef inline bint _half_tail(Py_ssize_t j0, Py_ssize_t q_len, int nv,
                             Py_ssize_t lanes) noexcept nogil:
-    """Whether the tile of nv vectors at pixel j0 of a band of q_len pixels computes its last
-    vector as a half vector (FC_HALF_TAIL): at most half of its lanes fall inside the band.
-    A 7x7 map over a pitch of 8 then computes 3.5 vectors of 16 lanes, not 4."""
+    """Whether the tile of nv vectors at item j0 of a run of q_len items (a band's pixels, a
+    task's filters) computes its last vector as a half vector (FC_HALF_TAIL): at most half
+    of its lanes fall inside the run. A 7x7 map over a pitch of 8 then computes 3.5 vectors
+    of 16 lanes, not 4."""
     return FC_HALF_TAIL and q_len - j0 - (nv - 1) * lanes <= lanes // 2
 
 

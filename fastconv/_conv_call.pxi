@@ -495,8 +495,9 @@ cdef class FilterLaneCall(_KernelCall):
         _table(plan.pixel_src, "pixel_src", 0, max(images_span, 1), &self.pixel_src)
         cdef Py_ssize_t reach = (int(plan.b_offset.max()) + int(plan.pixel_src.max())
                                  if plan.b_offset.size and plan.pixel_src.size else 0)
-        cdef Py_ssize_t panel = (self.channels_per_chunk * self.taps * self.fvecs_per_task
-                                 * self.lanes)
+        # a task's packed weights follow its images' slabs unless they are packed once
+        cdef Py_ssize_t panel = (0 if self.shared_weights else self.channels_per_chunk
+                                 * self.taps * self.fvecs_per_task * self.lanes)
         if (n_filters < 1 or self.channels_per_chunk < 1 or self.images_per_task < 1
                 or self.fvecs_per_task < 1 or self.wrap < 0
                 or self.row_src.shape[0] != 1 or self.rows_per_task != self.out_h

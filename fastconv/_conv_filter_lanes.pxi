@@ -54,7 +54,7 @@ ctypedef struct _FilterLaneJob:
     Py_ssize_t n_images, channels, channels_per_chunk, n_filters, depth, taps, lanes
     Py_ssize_t out_pixels, images_per_task, image_slab, fvecs, fvecs_per_task, fchunks
     Py_ssize_t panel_base, panel_ld
-    void *packed                  # the weights packed once per call (_pack_lane_panel), or NULL
+    void *packed                  # the weights packed once per call (_pack_shared_panel) or NULL
     bint relu, channels_last
 
 
@@ -91,7 +91,7 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
     cdef const floating *x_data = <const floating *>job.x
     cdef const floating *bias = <const floating *>job.bias
     cdef floating *out = <floating *>job.out
-    cdef floating *panel = slab + job.panel_base
+    cdef floating *panel = slab + job.panel_base  # unless packed once for all tasks
     cdef Py_ssize_t lanes = job.lanes, taps = job.taps, ld = job.panel_ld
     cdef Py_ssize_t fc = task % job.fchunks
     cdef Py_ssize_t n0 = task // job.fchunks * job.images_per_task
@@ -126,9 +126,7 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
         fv = 0
         while fv < fvecs:  # two vectors of filters at a time, their weights staying in L1
             nv = 2 if fv + 1 < fvecs else 1
-            # the task's last vector as a half vector where half of it holds its filters
-            half = (FC_HALF_TAIL and fv + nv == fvecs
-                    and f_len - (fvecs - 1) * lanes <= lanes // 2)
+            half = _half_tail(fv * lanes, f_len, nv, lanes)  # of the task's f_len filters
             p0 = 0
             while p0 < pixels:
                 _lanes(rows, panel + fv * lanes, ld, slab, job.offsets, job.pixel_src + p0,

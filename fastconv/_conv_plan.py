@@ -102,8 +102,8 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap = _column_maps(
         width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=True)
 
-    bases, tap_block, tap_step = _row_classes(kh, sh, dh)
-    extra_rows = [int(tap_step[tap_block == k].max()) for k in range(len(bases))]
+    row_classes = _row_classes(kh, sh, dh)
+    bases, _, _, extra_rows = row_classes
 
     def slab_rows_of(rows):
         return len(bases) * rows + sum(extra_rows)
@@ -130,8 +130,7 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
             rows, fblocks_per_task = out_h, stacked_blocks
         else:
             images_per_task = 0
-    row_src, kh_start = _band_rows(rows, out_h, height, top, sh, padding_mode, bases,
-                                   tap_block, tap_step, extra_rows)
+    row_src, kh_start = _band_rows(rows, out_h, height, top, sh, padding_mode, row_classes)
     slab_rows = row_src.shape[1]
 
     slab_row = phases * slab_rows * pitch  # elements per input channel
@@ -151,15 +150,11 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     image_slab = panel_base = 0
     pixel_src = np.zeros(0, dtype=np.intp)
     if images_per_task:
-        line = 64 // itemsize  # each image's chunk and the panels start on a cache line
-        image_slab = -(-(channels * slab_row + wrap) // line) * line
-        panel_base = images_per_task * image_slab
+        image_slab, pixel_src = _stacked_images(images_per_task, channels * slab_row + wrap,
+                                                out_h, out_w, pitch, itemsize)
+        panel_base = images_per_task * image_slab  # the panels start on a cache line too
         stage_pitch = -(-stacked_pixels // nr) * nr
         slab_size = panel_base + channels * kh * kw * stage_pitch
-        image, oh, ow = np.meshgrid(np.arange(images_per_task), np.arange(out_h),
-                                    np.arange(out_w), indexing="ij")
-        pixel_src = np.ascontiguousarray((image * image_slab + oh * pitch + ow).ravel(),
-                                         dtype=np.intp)
     _share(row_src, col_src, col_inner, b_offset, pixel_src)
     return ConvPlan(row_src, col_src, col_inner, b_offset, rows, channels, fblocks_per_task,
                     slab_size, stage_pitch, slab_size + fblocks_per_task * mr * stage_pitch,
@@ -210,6 +205,12 @@ LANES_PANEL_BYTES = 128 * 1024
 LANES_SHARED_BYTES = 4 * 1024 * 1024
 
 
+def _ends_in_half(count, lanes, half_tail):
+    """Whether ``count`` items in vectors of ``lanes`` end in a half vector (the kernels'
+    HALF_TAIL, ``half_tail``): the last vector holds at most half its lanes of them."""
+    return half_tail and 0 < count % lanes <= lanes // 2
+
+
 def pixel_fill(gemm_plan, out_h, out_w, lanes, nr, half_tail):
     """The share of the lanes that the GEMM kernel computes under ``gemm_plan`` which hold
     real output pixels (the rest: junk columns, a band's partial last vector)."""
@@ -221,7 +222,7 @@ def pixel_fill(gemm_plan, out_h, out_w, lanes, nr, half_tail):
     for band in range(0, out_h, rows):
         q_len = min(rows, out_h - band) * pitch
         computed += sum(tile_vectors(q_len, lanes, nr // lanes)) * lanes
-        if half_tail and 0 < q_len % lanes <= lanes // 2:
+        if _ends_in_half(q_len, lanes, half_tail):
             computed -= lanes / 2
     return out_h * out_w / computed
 
@@ -236,7 +237,7 @@ def use_filter_lanes(*, n_images, groups, per_group, depth, taps, out_h, out_w, 
     kernel gathers stacked images."""
     pixels = out_h * out_w
     computed = -(-per_group // lanes) * lanes
-    if half_tail and 0 < per_group % lanes <= lanes // 2:
+    if _ends_in_half(per_group, lanes, half_tail):
         computed -= lanes // 2
     filter_fill = per_group / computed
     return (groups == 1 and row_multiple == 1 and lanes > 1 and pixels <= LANES_MAX_PIXELS
@@ -260,10 +261,8 @@ def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, 
     taps = kh * kw
     phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap = _column_maps(
         width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=True)
-    bases, tap_block, tap_step = _row_classes(kh, sh, dh)
-    extra_rows = [int(tap_step[tap_block == k].max()) for k in range(len(bases))]
-    row_src, kh_start = _band_rows(out_h, out_h, height, top, sh, padding_mode, bases,
-                                   tap_block, tap_step, extra_rows)
+    row_src, kh_start = _band_rows(out_h, out_h, height, top, sh, padding_mode,
+                                   _row_classes(kh, sh, dh))
     slab_rows = row_src.shape[1]
     slab_channel = phases * slab_rows * pitch
 
@@ -286,30 +285,40 @@ def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, 
         fvecs_per_task = -(-fvecs_per_task // 2)
 
     b_offset = _tap_offsets(channels, phases, slab_rows, pitch, kh_start, tap_phase, tap_shift)
-    line = 64 // itemsize  # each image's slab starts on a cache line
-    image_slab = -(-(channels * slab_channel + wrap) // line) * line
-    image, oh, ow = np.meshgrid(np.arange(images), np.arange(out_h), np.arange(out_w),
-                                indexing="ij")
-    pixel_src = np.ascontiguousarray((image * image_slab + oh * pitch + ow).ravel(),
-                                     dtype=np.intp)
-    slab_size = images * image_slab + channels * taps * fvecs_per_task * lanes
-    stage = images * pixels * fvecs_per_task * lanes
+    image_slab, pixel_src = _stacked_images(images, channels * slab_channel + wrap, out_h,
+                                            out_w, pitch, itemsize)
     packed = -(-fvecs // fvecs_per_task) * fvecs_per_task * lanes * in_channels * taps
     shared = n_images > images and packed * itemsize <= LANES_SHARED_BYTES
+    # after the images' slabs, a task's packed weights unless they are packed once (shared)
+    slab_size = images * image_slab + (0 if shared else channels * taps * fvecs_per_task * lanes)
+    stage = images * pixels * fvecs_per_task * lanes
     _share(row_src, col_src, col_inner, b_offset, pixel_src)
     return FilterLanePlan(row_src, col_src, col_inner, b_offset, pixel_src, out_h, channels,
                           images, image_slab, fvecs_per_task, slab_size, slab_size + stage,
                           wrap, shared)
 
 
-def _band_rows(rows, out_h, height, top, sh, padding_mode, bases, tap_block, tap_step,
-               extra_rows):
+def _stacked_images(images, image_elements, out_h, out_w, pitch, itemsize):
+    """``(image_slab, pixel_src)`` of tasks that own the whole maps of ``images`` images: each
+    image's slab of ``image_elements`` starts on a cache line, image_slab elements apart, and
+    pixel (image, oh, ow) reads it at pixel_src = image * image_slab + oh * pitch + ow."""
+    line = 64 // itemsize
+    image_slab = -(-image_elements // line) * line
+    image, oh, ow = np.meshgrid(np.arange(images), np.arange(out_h), np.arange(out_w),
+                                indexing="ij")
+    pixel_src = np.ascontiguousarray((image * image_slab + oh * pitch + ow).ravel(),
+                                     dtype=np.intp)
+    return image_slab, pixel_src
+
+
+def _band_rows(rows, out_h, height, top, sh, padding_mode, row_classes):
     """``(row_src, kh_start)``: the input row of each slab row of each band of ``rows``
     output rows (-1: zero), and the slab row of each tap kh for the band's first output row.
 
-    The slab rows are in blocks (see _row_classes): block k holds padded rows
+    The slab rows are in blocks (``row_classes``, see _row_classes): block k holds padded rows
     (band + t) * sh + bases[k] for t < rows + extra_rows[k], and tap kh of output row r
     reads its block at row r + its step."""
+    bases, tap_block, tap_step, extra_rows = row_classes
     row_blocks = -(-out_h // rows)
     bands = np.arange(row_blocks)[:, None] * rows
     block_start = np.cumsum([0] + [rows + extra for extra in extra_rows])
@@ -341,9 +350,10 @@ def _tap_offsets(channels, phases, slab_rows, pitch, kh_start, tap_phase, tap_sh
 
 
 def _row_classes(kh, sh, dh):
-    """The slab's blocks of rows: ``(bases, tap_block, tap_step)``; tap i of output row r
-    reads padded row ``r * sh + bases[tap_block[i]] + tap_step[i] * sh``, found in block
-    ``tap_block[i]`` at row r + ``tap_step[i]``.
+    """The slab's blocks of rows: ``(bases, tap_block, tap_step, extra_rows)``; tap i of
+    output row r reads padded row ``r * sh + bases[tap_block[i]] + tap_step[i] * sh``, found
+    in block ``tap_block[i]`` at row r + ``tap_step[i]``; block k holds extra_rows[k] rows
+    beyond one per output row of a band.
 
     The kernel's rows are grouped by the residue of their offset modulo the row stride: the
     taps of one residue read one sequence of rows, each a step further, so one block per
@@ -356,8 +366,12 @@ def _row_classes(kh, sh, dh):
     offsets = np.arange(kh) * dh
     residues = np.unique(offsets % sh)
     if sh > 1 and 3 * len(residues) >= 2 * kh:
-        return offsets, np.arange(kh), np.zeros(kh, dtype=np.intp)
-    return residues, np.searchsorted(residues, offsets % sh), offsets // sh
+        bases, tap_block, tap_step = offsets, np.arange(kh), np.zeros(kh, dtype=np.intp)
+    else:
+        bases, tap_block = residues, np.searchsorted(residues, offsets % sh)
+        tap_step = offsets // sh
+    extra_rows = [int(tap_step[tap_block == k].max()) for k in range(len(bases))]
+    return bases, tap_block, tap_step, extra_rows
 
 
 def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=False):
@@ -710,6 +724,6 @@ def _run_cost(pixels, lanes, nr, mr, depth, half_tail=False):
     tiles = tile_vectors(pixels, lanes, nr // lanes)
     chains = 2 * mr if pixels <= lanes else mr
     computed = sum(v * lanes * max(1.0, 8 / (chains * v)) for v in tiles)
-    if half_tail and 0 < pixels % lanes <= lanes // 2:
+    if _ends_in_half(pixels, lanes, half_tail):
         computed -= lanes / 2 * max(1.0, 8 / (chains * tiles[-1]))
     return computed * mr * depth + len(tiles) * (KERNEL_CALL_COST + WEIGHT_COST * mr * depth)

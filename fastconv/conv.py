@@ -420,13 +420,13 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
                     itemsize=dtype.itemsize, row_multiple=pool)
     runner = None
     channels_last = layout == "NHWC"
+    lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
     if 0 in shape:
         path = "empty"
     elif in_per_group * kh * kw == 0:
         path = "bias"
     elif in_per_group == 1 and per_group <= _DEPTHWISE_MAX_MULTIPLIER:
         path = "depthwise"
-        lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
         layout_plan = _conv_plan.depthwise_plan(
             n_images=n_images, groups=channels, multiplier=per_group, lanes=lanes,
             channels_last=channels_last, **geometry)
@@ -436,7 +436,6 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             relu=activation == "relu", pool=pool, workspace=_workspace)
     else:
         path = "gemm"
-        lanes = _kernels.LANES_FLOAT32 if dtype == np.float32 else _kernels.LANES_FLOAT64
         if per_group == 1:  # the kernel's one-filter tile (whole tiles only)
             nr = (_kernels.ROW_NR_FLOAT32 if dtype == np.float32 else _kernels.ROW_NR_FLOAT64)
             tile_lanes = nr
