@@ -67,6 +67,7 @@ ctypedef struct _DepthwiseJob:
     Py_ssize_t row_blocks, chunks, rows_per_task, groups_per_task, out_h, out_w
     Py_ssize_t stage_row, filter_pitch, pooled_pixels, pool
     bint direct, relu, channels_last
+    bint pointwise                # 1x1, stride 1, no padding, rows contiguous: x read in place
     Py_ssize_t blocked            # lanes of a channel block, 0: planar (see _conv_plan)
     Py_ssize_t width              # input columns
     void *blocked_weights         # blocked: the weights as vectors (_pack_blocked_weights)
@@ -93,6 +94,9 @@ cdef void _depthwise_task(const _DepthwiseJob *job, Py_ssize_t task, floating *s
     rows = min(job.rows_per_task, out_h - oh0)
     c0 = chunk * job.groups_per_task
     cc = min(job.groups_per_task, job.channels - c0)
+    if job.pointwise:
+        _depthwise_pointwise_band(job, n, c0, cc, oh0, rows, slab, stage)
+        return
     _fill_slab(<const floating *>job.x + n * job.sn + c0 * job.sc, job.sc, job.sh, job.sw, cc,
                job.row_src + rb * job.slab_rows, job.slab_rows, job.col_src, job.col_inner,
                job.stride_w, job.phases, job.pitch, slab)
@@ -120,6 +124,40 @@ cdef void _depthwise_task(const _DepthwiseJob *job, Py_ssize_t task, floating *s
         _copy_out(stage, job.filter_pitch, job.stage_row, cc * per_channel, rows, oh0,
                   out_data + n * n_filters * job.pooled_pixels, c0 * per_channel, n_filters,
                   out_h, out_w, job.channels_last, job.pool)
+
+
+cdef void _depthwise_pointwise_band(const _DepthwiseJob *job, Py_ssize_t n, Py_ssize_t c0,
+                                    Py_ssize_t cc, Py_ssize_t oh0, Py_ssize_t rows,
+                                    floating *slab, floating *stage) noexcept nogil:
+    """_depthwise_task for 1x1 filters, stride 1, no padding, planes with contiguous rows
+    (job.pointwise): each filter scales its channel's band, a run of rows * out_w pixels,
+    read from x and written to the output in place in whole vectors (the copy into the slab
+    would cost as much as the multiply-adds); the last few pixels go through the slab and
+    the stage, so that no vector reads past the band."""
+    cdef const floating *weight_data = <const floating *>job.weight
+    cdef const floating *bias_data = <const floating *>job.bias
+    cdef Py_ssize_t lanes = FC_LANES_F32 if floating is float else FC_LANES_F64
+    cdef Py_ssize_t pixels = rows * job.out_w
+    cdef Py_ssize_t whole = pixels - pixels % lanes
+    cdef Py_ssize_t c, m, f
+    cdef const floating *src
+    cdef floating *dst
+    cdef floating bias_f
+    for c in range(cc):
+        src = <const floating *>job.x + n * job.sn + (c0 + c) * job.sc + oh0 * job.sh
+        if whole < pixels:
+            _copy(slab, src + whole, pixels - whole)
+        for m in range(job.per_channel):
+            f = (c0 + c) * job.per_channel + m
+            bias_f = bias_data[f] if bias_data != NULL else 0
+            dst = <floating *>job.out + ((n * job.n_filters + f) * job.out_h + oh0) * job.out_w
+            if whole:
+                _stencil_rows(1, weight_data + f, src, 0, job.offsets, dst, 0, 1, whole, bias_f,
+                              job.relu)
+            if whole < pixels:
+                _stencil_rows(1, weight_data + f, slab, 0, job.offsets, stage, 0, 1,
+                              pixels - whole, bias_f, job.relu)
+                _copy(dst + whole, stage, pixels - whole)
 
 
 cdef inline void _zero(floating *dst, Py_ssize_t n) noexcept nogil:
@@ -305,6 +343,11 @@ cdef int _depthwise_forward(
     # NCHW without pooling: output rows are written in place (see the task loop), when a
     # row's junk lanes reach no further than the next row.
     cdef bint direct = not channels_last and pool <= 1 and stage_row - out_w <= out_w
+    # A 1x1 filter at stride 1 without padding (output and input planes the same size)
+    # scales its channel: contiguous input rows are read in place.
+    cdef bint pointwise = (direct and taps == 1 and stride_h == 1 and stride_w == 1
+                           and out_h == x.shape[2] and out_w == x.shape[3] and sw == 1
+                           and sh == out_w)
 
     if n_tasks == 0:
         return 0
@@ -324,6 +367,7 @@ cdef int _depthwise_forward(
     job.stage_row, job.filter_pitch, job.pooled_pixels, job.pool = (
         stage_row, filter_pitch, pooled_pixels, pool)
     job.direct, job.relu, job.channels_last = direct, relu, channels_last
+    job.pointwise = pointwise and not blocked
     job.blocked, job.width = blocked, x.shape[3]
     if blocked:  # after every thread's scratch: the weights as vectors, shared by the tasks
         job.blocked_weights = scratch_data + num_threads * scratch_per_thread

@@ -312,6 +312,34 @@ def test_depthwise_small_planes_share_a_task(rng, n, h, w, stride, pool, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("n, c, h, w, view", [
+    (2, 5, 50, 37, None),          # bands of rows ending inside a vector
+    (1, 3, 7, 48, None),           # whole vectors only
+    (3, 4, 33, 35, "channels"),    # every other channel of a wider x: planes apart
+    (2, 3, 20, 40, "columns"),     # rows longer than the plane's width: read via the slab
+])
+def test_depthwise_pointwise_reads_x_in_place(rng, n, c, h, w, view, m, dtype):
+    """A 1x1 depthwise filter at stride 1 without padding scales its channel: the kernel
+    reads contiguous rows of x in place, a band's last pixels through the slab. Exact for
+    any thread count, with and without ReLU and bias, and x is left as it was."""
+    shape = {None: (n, c, h, w), "channels": (n, 2 * c, h, w), "columns": (n, c, h, w + 5)}
+    base = rng.integers(-4, 5, size=shape[view]).astype(dtype)
+    x = {None: base, "channels": base[:, ::2], "columns": base[..., :w]}[view]
+    weight = rng.integers(-3, 4, size=(c * m, 1, 1, 1)).astype(dtype)
+    bias = rng.integers(-3, 4, size=c * m).astype(dtype)
+    before = base.copy()
+    for b in (bias, None):
+        expected = conv2d_reference(x, weight, b, groups=c).astype(dtype)
+        for threads in (1, 2, 3):
+            assert_array_equal(fastconv.conv2d(x, weight, b, groups=c, num_threads=threads),
+                               expected)
+            assert_array_equal(fastconv.conv2d(x, weight, b, groups=c, num_threads=threads,
+                                               activation="relu"), np.maximum(expected, 0))
+    assert_array_equal(base, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("n, c, m, h, w, kernel, kwargs", [
     (3, 37, 1, 7, 7, (3, 3), dict(padding=1)),                  # a partial last channel block
