@@ -468,9 +468,9 @@ cdef class FilterLaneCall(_KernelCall):
     """A planned conv2d call on the filter-lane kernel (_filter_lanes_forward): the plan
     (_conv_plan.FilterLanePlan) and the call's scalars. One group; weight is (F, C, KH, KW)
     C-contiguous (any shape of that size), bias (F,) or None."""
-    cdef _Arg b_offset, pixel_src
+    cdef _Arg tap_rows, tile_rows, pixel_src
     cdef Py_ssize_t n_filters, taps, stride_w, channels_per_chunk, images_per_task
-    cdef Py_ssize_t image_slab, fvecs_per_task, wrap, lanes
+    cdef Py_ssize_t image_slab, fvecs_per_task, wrap, lanes, last_tiles, interleave
     cdef bint shared_weights
 
     def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, bint channels_last,
@@ -491,22 +491,60 @@ cdef class FilterLaneCall(_KernelCall):
         cdef Py_ssize_t slab_channel = (self.col_src.shape[0] * self.row_src.shape[1]
                                         * self.col_src.shape[1])
         cdef Py_ssize_t images_span = self.images_per_task * self.image_slab
-        _table(plan.b_offset, "b_offset", 0, max(self.image_slab, 1), &self.b_offset)
+        cdef Py_ssize_t chunk_rows = self.channels_per_chunk * self.taps
+        cdef Py_ssize_t panel_ld = self.fvecs_per_task * self.lanes
+        cdef Py_ssize_t list_rows = plan.tap_rows.shape[0]
+        # each listed row: a slab offset within an image's slab, a weight row of the chunk
+        cdef Py_ssize_t weights_end = (chunk_rows - 1) * panel_ld + 1
+        _table(plan.tap_rows, "tap_rows", 0, max(self.image_slab, weights_end, 1),
+               &self.tap_rows)
+        _table(plan.tile_rows, "tile_rows", 0, max(list_rows, FC_LANES_NP) + 1, &self.tile_rows)
         _table(plan.pixel_src, "pixel_src", 0, max(images_span, 1), &self.pixel_src)
-        cdef Py_ssize_t reach = (int(plan.b_offset.max()) + int(plan.pixel_src.max())
-                                 if plan.b_offset.size and plan.pixel_src.size else 0)
+        cdef const Py_ssize_t *rows = <const Py_ssize_t *>self.tap_rows.data
+        cdef Py_ssize_t row
+        if plan.tap_rows.ndim != 2 or self.tap_rows.shape[1] != 2:
+            raise ValueError("FilterLaneCall: the plan's lists do not fit the call")
+        for row in range(list_rows):
+            if rows[2 * row] >= self.image_slab or rows[2 * row + 1] >= weights_end:
+                raise ValueError("FilterLaneCall: the plan's lists do not fit the call")
+        cdef Py_ssize_t reach = (int(plan.tap_rows[:, 0].max()) + int(plan.pixel_src.max())
+                                 if list_rows and plan.pixel_src.size else 0)
+        # The tiles: a whole block of images' pixels, then the last block's (if smaller),
+        # each tile at most FC_LANES_NP pixels and a list of whole chunks of channels.
+        cdef Py_ssize_t plane = self.out_h * self.out_w
+        cdef Py_ssize_t block = self.images_per_task * plane
+        cdef Py_ssize_t total = block + plan.last_images * plane
+        cdef Py_ssize_t tile, covered = 0
+        cdef const Py_ssize_t *tiles = <const Py_ssize_t *>self.tile_rows.data
+        self.last_tiles = -1
+        self.interleave = plan.interleave
+        if (plan.tile_rows.ndim != 2 or self.tile_rows.shape[1] != 3
+                or self.images_per_task < 1 or self.interleave < 1
+                or plan.last_images != self.x_shape[0] % self.images_per_task):
+            raise ValueError("FilterLaneCall: the plan's tiles do not fit the call")
+        for tile in range(self.tile_rows.shape[0]):
+            if covered == block:
+                self.last_tiles = tile
+            covered += tiles[3 * tile + 2]
+            if (tiles[3 * tile + 1] > self.taps or tiles[3 * tile]
+                    + self.channels_per_chunk * tiles[3 * tile + 1] > list_rows
+                    or not 1 <= tiles[3 * tile + 2] <= FC_LANES_NP
+                    or (covered > block and self.last_tiles < 0)):
+                raise ValueError("FilterLaneCall: the plan's tiles do not fit the call")
+        if covered != total or (plan.last_images and self.last_tiles < 0):
+            raise ValueError("FilterLaneCall: the plan's tiles do not fit the call")
+        self.last_tiles = max(self.last_tiles, 0)
         # a task's packed weights follow its images' slabs unless they are packed once
         cdef Py_ssize_t panel = (0 if self.shared_weights else self.channels_per_chunk
                                  * self.taps * self.fvecs_per_task * self.lanes)
         if (n_filters < 1 or self.channels_per_chunk < 1 or self.images_per_task < 1
                 or self.fvecs_per_task < 1 or self.wrap < 0
                 or self.row_src.shape[0] != 1 or self.rows_per_task != self.out_h
-                or self.b_offset.shape[0] < self.channels_per_chunk * self.taps
-                or self.pixel_src.shape[0] != self.images_per_task * self.out_h * self.out_w
+                or self.pixel_src.shape[0] != total
                 or self.image_slab < self.channels_per_chunk * slab_channel + self.wrap
                 or reach >= images_span
                 or self.slab_size < images_span + panel
-                or self.scratch_per_thread < self.slab_size + self.pixel_src.shape[0]
+                or self.scratch_per_thread < self.slab_size + block
                 * self.fvecs_per_task * self.lanes
                 or self.out_size != self.x_shape[0] * n_filters * self.out_h * self.out_w):
             raise ValueError("FilterLaneCall: the plan does not fit the call")
@@ -533,7 +571,9 @@ cdef class FilterLaneCall(_KernelCall):
             _filter_lanes_forward(x, <const float *>wv.data, <const float *>bv.data,
                                   self.n_filters, <float *>out, <float *>scratch,
                                   &self.row_src, &self.col_src, &self.col_inner,
-                                  &self.b_offset, &self.pixel_src, self.stride_w, self.taps,
+                                  &self.tap_rows, &self.tile_rows, self.last_tiles,
+                                  self.interleave,
+                                  &self.pixel_src, self.stride_w, self.taps,
                                   self.out_h, self.out_w, self.channels_per_chunk,
                                   self.images_per_task, self.image_slab, self.fvecs_per_task,
                                   self.slab_size, self.wrap, self.shared_weights,
@@ -542,7 +582,9 @@ cdef class FilterLaneCall(_KernelCall):
             _filter_lanes_forward(x, <const double *>wv.data, <const double *>bv.data,
                                   self.n_filters, <double *>out, <double *>scratch,
                                   &self.row_src, &self.col_src, &self.col_inner,
-                                  &self.b_offset, &self.pixel_src, self.stride_w, self.taps,
+                                  &self.tap_rows, &self.tile_rows, self.last_tiles,
+                                  self.interleave,
+                                  &self.pixel_src, self.stride_w, self.taps,
                                   self.out_h, self.out_w, self.channels_per_chunk,
                                   self.images_per_task, self.image_slab, self.fvecs_per_task,
                                   self.slab_size, self.wrap, self.shared_weights,

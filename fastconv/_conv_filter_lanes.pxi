@@ -9,32 +9,37 @@
 # its filters' weights for the chunk as rows of vectors (a transpose; once per call for all
 # tasks where several blocks of images would repeat it, see FilterLanePlan), and runs
 # fc_lanes: each pixel's value of a reduction row is one broadcast from the slab, each
-# weight row two vector loads, for up to FC_LANES_NP pixels x 2 vectors of filters. The
-# staged tile (pixels x filters) goes out transposed (NCHW) or as it is (NHWC). Every
+# weight row two vector loads, for up to FC_LANES_NP pixels x 2 vectors of filters. A tile
+# of pixels skips the taps that read zero padding for all of its pixels (the plan's lists of
+# reduction rows, see _conv_plan._tile_taps): small maps under wide, dilated or padded
+# filters read mostly padding. The staged tile (pixels x filters) goes out transposed (NCHW) or as it is (NHWC). Every
 # output element is reduced by one task in a fixed order: bit-identical for any thread
 # count.
 
 cdef extern from "_conv_microkernel.h" nogil:
     enum:
         FC_LANES_NP
-    void fc_lanes_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda, const float *b,
-                      const Py_ssize_t *b_offset, const Py_ssize_t *pix, float *c,
+    void fc_lanes_f32(Py_ssize_t depth, const float *a, const float *b,
+                      const Py_ssize_t *rows, const Py_ssize_t *pix, float *c,
                       Py_ssize_t ldc, const float *bias, int relu, int np, int nv,
                       int half)
-    void fc_lanes_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda, const double *b,
-                      const Py_ssize_t *b_offset, const Py_ssize_t *pix, double *c,
+    void fc_lanes_f64(Py_ssize_t depth, const double *a, const double *b,
+                      const Py_ssize_t *rows, const Py_ssize_t *pix, double *c,
                       Py_ssize_t ldc, const double *bias, int relu, int np, int nv,
                       int half)
 
 
-cdef inline void _lanes(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
-                        const floating *b, const Py_ssize_t *b_offset, const Py_ssize_t *pix,
-                        floating *c, Py_ssize_t ldc, const floating *bias, bint relu, int np,
-                        int nv, bint half) noexcept nogil:
+LANES_PIXELS = FC_LANES_NP  # pixels per tile of the filter-lane kernel at most
+
+
+cdef inline void _lanes(Py_ssize_t depth, const floating *a, const floating *b,
+                        const Py_ssize_t *rows, const Py_ssize_t *pix, floating *c,
+                        Py_ssize_t ldc, const floating *bias, bint relu, int np, int nv,
+                        bint half) noexcept nogil:
     if floating is float:
-        fc_lanes_f32(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, np, nv, half)
+        fc_lanes_f32(depth, a, b, rows, pix, c, ldc, bias, relu, np, nv, half)
     else:
-        fc_lanes_f64(depth, a, lda, b, b_offset, pix, c, ldc, bias, relu, np, nv, half)
+        fc_lanes_f64(depth, a, b, rows, pix, c, ldc, bias, relu, np, nv, half)
 
 
 ctypedef struct _FilterLaneJob:
@@ -48,7 +53,10 @@ ctypedef struct _FilterLaneJob:
     Py_ssize_t slab_rows
     const Py_ssize_t *col_src
     const Py_ssize_t *col_inner
-    const Py_ssize_t *offsets
+    const Py_ssize_t *tap_rows    # the plan's lists of reduction rows (FilterLanePlan)
+    const Py_ssize_t *tile_rows
+    Py_ssize_t last_tiles         # the last block's first tile in tile_rows
+    Py_ssize_t interleave         # images per group of a task (_conv_plan._lane_tiles)
     const Py_ssize_t *pixel_src
     Py_ssize_t stride_w, phases, pitch, slab_channel, wrap
     Py_ssize_t n_images, channels, channels_per_chunk, n_filters, depth, taps, lanes
@@ -101,16 +109,18 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
     cdef Py_ssize_t f0 = fv0 * lanes
     cdef Py_ssize_t f_len = min(fvecs * lanes, job.n_filters - f0)
     cdef Py_ssize_t pixels = images * job.out_pixels
-    # pixels in equal tiles of at most FC_LANES_NP (16 -> 8 + 8, not 12 + 4)
-    cdef Py_ssize_t tiles = (pixels + FC_LANES_NP - 1) // FC_LANES_NP
-    cdef Py_ssize_t tile = (pixels + tiles - 1) // tiles
-    cdef Py_ssize_t c0, cc, i, r, fv, p0, rows
+    # the tiles and pixel order of a whole block of images, or of the last, smaller one
+    cdef bint whole = images == job.images_per_task
+    cdef const Py_ssize_t *tiles = job.tile_rows + (0 if whole else 3 * job.last_tiles)
+    cdef const Py_ssize_t *pixel_src = job.pixel_src + (0 if whole else job.images_per_task
+                                                        * job.out_pixels)
+    cdef const Py_ssize_t *tile
+    cdef Py_ssize_t c0, cc, i, q, fv, p0
     cdef bint last, half
     cdef int nv
     c0 = 0
     while c0 < job.channels:
         cc = min(job.channels_per_chunk, job.channels - c0)
-        rows = cc * taps
         last = c0 + cc == job.channels
         for i in range(images):
             _fill_slab(x_data + (n0 + i) * job.sn + c0 * job.sc, job.sc, job.sh, job.sw, cc,
@@ -128,21 +138,31 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
             nv = 2 if fv + 1 < fvecs else 1
             half = _half_tail(fv * lanes, f_len, nv, lanes)  # of the task's f_len filters
             p0 = 0
-            while p0 < pixels:
-                _lanes(rows, panel + fv * lanes, ld, slab, job.offsets, job.pixel_src + p0,
-                       stage + p0 * ld + fv * lanes, ld,
+            tile = tiles
+            while p0 < pixels:  # the tile's list: its first cc * (its taps) reduction rows
+                _lanes(cc * tile[1], panel + fv * lanes, slab, job.tap_rows + 2 * tile[0],
+                       pixel_src + p0, stage + p0 * ld + fv * lanes, ld,
                        bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
-                       <int>min(tile, pixels - p0), nv, half)
-                p0 = p0 + tile
+                       <int>tile[2], nv, half)
+                p0 = p0 + tile[2]
+                tile = tile + 3
             fv = fv + nv
         c0 = c0 + cc
+    # Staged row (first + q * group + i - first) * ld holds position q of image i, in its
+    # group of images from first (_conv_plan._lane_tiles).
     cdef Py_ssize_t plane = job.out_pixels
-    if job.channels_last:  # each pixel's filters are a run of its output row
-        for r in range(pixels):
-            _copy(out + (n0 * plane + r) * job.n_filters + f0, stage + r * ld, f_len)
-    else:
-        for i in range(images):
-            _transpose(stage + i * plane * ld, ld, plane, f_len,
+    cdef Py_ssize_t first, group
+    cdef const floating *staged
+    for i in range(images):
+        first = i - i % job.interleave
+        group = min(job.interleave, images - first)
+        staged = stage + (first * plane + i - first) * ld
+        if job.channels_last:  # each pixel's filters are a run of its output row
+            for q in range(plane):
+                _copy(out + ((n0 + i) * plane + q) * job.n_filters + f0,
+                      staged + q * group * ld, f_len)
+        else:
+            _transpose(staged, group * ld, plane, f_len,
                        out + ((n0 + i) * job.n_filters + f0) * plane, plane)
 
 
@@ -159,9 +179,14 @@ cdef int _filter_lanes_forward(
     const _Arg *row_src,           # IN  intp (1, slab rows) input row or -1
     const _Arg *col_src,           # IN  intp (P, pitch) input col per slab column or -1
     const _Arg *col_inner,         # IN  intp (P, 3) linear interior of col_src
-    const _Arg *b_offset,          # IN  intp (CC*KH*KW,) slab offset of row (c, kh, kw)
-    const _Arg *pixel_src,         # IN  intp (images_per_task*OH*OW,) slab position of each
-                                   #     of a task's pixels
+    const _Arg *tap_rows,          # IN  intp (L, 2) listed reduction rows: slab offset,
+                                   #     offset in the packed weights
+    const _Arg *tile_rows,         # IN  intp (tiles, 3) each tile's list (start, taps) and
+                                   #     pixels (at most FC_LANES_NP): a whole block's tiles,
+                                   #     from last_tiles the last block's
+    Py_ssize_t last_tiles, Py_ssize_t interleave,
+    const _Arg *pixel_src,         # IN  intp slab position of each of a task's pixels: a
+                                   #     whole block's (images_per_task*OH*OW), the last's
     Py_ssize_t stride_w, Py_ssize_t taps, Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t channels_per_chunk, Py_ssize_t images_per_task, Py_ssize_t image_slab,
     Py_ssize_t fvecs_per_task, Py_ssize_t slab_size, Py_ssize_t wrap,
@@ -194,7 +219,9 @@ cdef int _filter_lanes_forward(
     job.row_src, job.slab_rows = <const Py_ssize_t *>row_src.data, row_src.shape[1]
     job.col_src = <const Py_ssize_t *>col_src.data
     job.col_inner = <const Py_ssize_t *>col_inner.data
-    job.offsets = <const Py_ssize_t *>b_offset.data
+    job.tap_rows = <const Py_ssize_t *>tap_rows.data
+    job.tile_rows, job.last_tiles = <const Py_ssize_t *>tile_rows.data, last_tiles
+    job.interleave = interleave
     job.pixel_src = <const Py_ssize_t *>pixel_src.data
     job.stride_w, job.phases, job.pitch = stride_w, col_src.shape[0], col_src.shape[1]
     job.slab_channel = job.phases * job.slab_rows * job.pitch

@@ -13,6 +13,7 @@ ROW_NR_FLOAT32: int
 ROW_NR_FLOAT64: int
 LANES_FLOAT32: int
 LANES_FLOAT64: int
+LANES_PIXELS: int
 HALF_TAIL: bool
 
 def array_key(*arrays: npt.NDArray[np.generic] | None) -> bytes: ...

@@ -358,15 +358,15 @@ static inline void FC_NAME(fc_blocked_row)(
 
 /* Filters in the vector lanes (small maps, whose few pixels would leave a pixel vector
  * mostly empty): np pixels x nv vectors of filters,
- *   c[p * ldc + v * FC_LANES + l] = init + sum_r a[r * lda + v * FC_LANES + l]
- *                                              * b[b_offset[r] + pix[p]]
+ *   c[p * ldc + v * FC_LANES + l] = init + sum_r a[rows[2 * r + 1] + v * FC_LANES + l]
+ *                                              * b[rows[2 * r] + pix[p]]
  * init: bias[v * FC_LANES + l] (bias != NULL, the first reduction block) or c (later
  * blocks). A row of A is a packed row of the filters' weights; each pixel's value of
  * reduction row r is one broadcast from the slab. half (FC_HALF_TAIL only): the last
  * vector is a half vector (23 filters: 16 + 8 lanes, not 32). Sums run over r in order. */
 static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
-    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
-    const Py_ssize_t *restrict b_offset, const Py_ssize_t *restrict pix, FC_T *restrict c,
+    Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
+    const Py_ssize_t *restrict rows, const Py_ssize_t *restrict pix, FC_T *restrict c,
     Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int np, const int nv,
     const int half)
 {
@@ -387,13 +387,14 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
                                   : *(const FC_HU *)(c + p * ldc + nf * FC_LANES););
     }
     for (Py_ssize_t r = 0; r < depth; r++) {
-        const Py_ssize_t o = b_offset[r];
+        const Py_ssize_t o = rows[2 * r];
+        const FC_T *ar = a + rows[2 * r + 1];
         FC_V w[2];
 #pragma GCC unroll 2
-        for (int v = 0; v < nf; v++) w[v] = *(const FC_VU *)(a + r * lda + v * FC_LANES);
+        for (int v = 0; v < nf; v++) w[v] = *(const FC_VU *)(ar + v * FC_LANES);
 #if FC_HALF_TAIL
         FC_H wh = {0};
-        FC_IF_HALF(wh = *(const FC_HU *)(a + r * lda + nf * FC_LANES););
+        FC_IF_HALF(wh = *(const FC_HU *)(ar + nf * FC_LANES););
 #endif
 #pragma GCC unroll 16
         for (int p = 0; p < np; p++) {
@@ -421,15 +422,15 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
 /* fc_lanes_body for np = 1 .. FC_LANES_NP pixels and nv = 1 or 2 vectors of filters, the
  * last one half if half (FC_HALF_TAIL only). */
 static inline void FC_NAME(fc_lanes)(
-    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
-    const Py_ssize_t *restrict b_offset, const Py_ssize_t *restrict pix, FC_T *restrict c,
+    Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
+    const Py_ssize_t *restrict rows, const Py_ssize_t *restrict pix, FC_T *restrict c,
     Py_ssize_t ldc, const FC_T *restrict bias, int relu, int np, int nv, int half)
 {
 #if FC_LANES_NP != 12 && FC_LANES_NP != 6
 #error "fc_lanes is written for FC_LANES_NP 6 or 12"
 #endif
-#define FC_LB(n, v, h) FC_NAME(fc_lanes_body)(depth, a, lda, b, b_offset, pix, c, ldc, bias, \
-                                              relu, n, v, h)
+#define FC_LB(n, v, h) FC_NAME(fc_lanes_body)(depth, a, b, rows, pix, c, ldc, \
+                                              bias, relu, n, v, h)
 #if FC_HALF_TAIL
 #define FC_L(n) \
     case n: \

@@ -447,16 +447,20 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             n_images=n_images, groups=groups, in_per_group=in_per_group, per_group=per_group,
             mr=_kernels.MR, nr=nr, lanes=tile_lanes, half_tail=half_tail, **geometry)
         fill = _conv_plan.pixel_fill(layout_plan, out_h, out_w, tile_lanes, nr, half_tail)
-        if _conv_plan.use_filter_lanes(n_images=n_images, groups=groups, per_group=per_group,
-                                       depth=in_per_group * kh * kw, taps=kh * kw,
-                                       out_h=out_h, out_w=out_w, lanes=lanes, fill=fill,
-                                       stacked=layout_plan.images_per_task > 0,
-                                       row_multiple=pool, half_tail=_kernels.HALF_TAIL):
-            path = "lanes"
-            del geometry["row_multiple"]
-            layout_plan = _conv_plan.filter_lane_plan(
+        lane_plan = None
+        if _conv_plan.filter_lanes_fit(n_images=n_images, groups=groups,
+                                       depth=in_per_group * kh * kw, out_h=out_h, out_w=out_w,
+                                       lanes=lanes, row_multiple=pool):
+            lane_geometry = {k: v for k, v in geometry.items() if k != "row_multiple"}
+            lane_plan = _conv_plan.filter_lane_plan(
                 n_images=n_images, in_channels=channels, n_filters=n_filters, lanes=lanes,
-                **geometry)
+                tile_pixels=_kernels.LANES_PIXELS, **lane_geometry)
+        if lane_plan is not None and _conv_plan.use_filter_lanes(
+                per_group=per_group, taps=kh * kw, lanes=lanes, fill=fill,
+                stacked=layout_plan.images_per_task > 0, work=lane_plan.work,
+                half_tail=_kernels.HALF_TAIL):
+            path = "lanes"
+            layout_plan = lane_plan
             runner = _kernels.FilterLaneCall(
                 layout_plan, dtype, x.shape, shape, channels_last=channels_last,
                 n_filters=n_filters, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),

@@ -1606,6 +1606,38 @@ def test_filter_lanes(rng, filter_lanes_everywhere, n, c, h, w, f, kernel, kwarg
                        conv2d_reference(x, weight, None, **kwargs).astype(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("interleave", ["none", "all"])
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    (2, 30, 7, 7, 40, (7, 7), dict(dilation=2, padding=6)),      # most taps read padding
+    (13, 9, 7, 7, 20, (5, 5), dict(stride=2, dilation=2, padding=4)),  # a last, smaller block
+    (5, 12, 2, 2, 17, (3, 3), dict(padding=3)),                  # pixels that read no input
+    (7, 11, 8, 8, 24, (5, 3), dict(stride=(1, 2), padding=(2, 3, 1, 0))),  # uneven padding
+])
+def test_filter_lanes_skip_padding_taps(rng, monkeypatch, filter_lanes_everywhere, n, c, h, w,
+                                        f, kernel, kwargs, interleave, dtype):
+    """A tile of the filter-lane kernel reduces over the taps that one of its pixels reads
+    from the input, with a task's pixels taken image by image or interleaved across its
+    images: exact for any thread count, in NHWC, with ReLU, without bias (pixels that read
+    only padding: the bias), a last block of fewer images and uneven padding."""
+    from fastconv import _conv_plan
+
+    filter_lanes_everywhere()
+    monkeypatch.setattr(_conv_plan, "LANES_INTERLEAVE_COST",
+                        {"none": 10.0, "all": -0.1}[interleave])
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel, integer=True,
+                               dtype=dtype)
+    call = _conv_call(x, weight, **kwargs)
+    assert call.path == "lanes"
+    plan = call.runner.plan
+    assert plan.interleave == (1 if interleave == "none" else plan.images_per_task)
+    assert plan.tile_rows[:, 1].min() < kernel[0] * kernel[1]  # some tiles skip taps
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    assert_array_equal(fastconv.conv2d(x, weight, **kwargs),
+                       conv2d_reference(x, weight, None, **kwargs).astype(dtype))
+
+
 def test_filter_lanes_taken_for_small_strided_maps(rng):
     """64 images of 7x7 -> 4x4 with 23 filters of 7x7 (stride 2): the GEMM kernel's vectors
     would hold 16 pixels in 32 lanes, so the filter-lane kernel runs (AVX-512, float32)."""
