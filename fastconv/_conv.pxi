@@ -544,6 +544,17 @@ cdef inline bint _half_tail(Py_ssize_t j0, Py_ssize_t q_len, int nv,
     return FC_HALF_TAIL and q_len - j0 - (nv - 1) * lanes <= lanes // 2
 
 
+cdef inline bint _whole_vectors(Py_ssize_t width, Py_ssize_t lanes) noexcept nogil:
+    """Whether a row of width pixels is whole vectors, its last one a half vector at most
+    (FC_HALF_TAIL)."""
+    return width % lanes == 0 or (FC_HALF_TAIL and width % lanes == lanes // 2)
+
+
+cdef inline Py_ssize_t _tile_width(int nv, bint half, Py_ssize_t lanes) noexcept nogil:
+    """The pixels a tile of nv vectors writes, its last one half (_half_tail) or not."""
+    return nv * lanes - (lanes // 2 if half else 0)
+
+
 cdef inline Py_ssize_t _whole_tiles_end(Py_ssize_t q_len, Py_ssize_t lanes) noexcept nogil:
     """Where the band's tiles (see _tile_vectors) stop lying wholly inside it: q_len, or the
     start of a last tile whose final vector reaches past it."""
@@ -573,9 +584,12 @@ cdef void _copy_staged_tiles(const _GemmJob *job, const floating *stage, Py_ssiz
     """With junk columns: copy one filter's staged band to its output rows, the tiles that
     _gemm_tile did not write there (all of them if all_tiles), without the junk."""
     cdef Py_ssize_t j0 = 0, width, q, end, row, row_end
+    cdef int nv
     while j0 < q_len:
-        width = _tile_vectors(j0, q_len, lanes) * lanes
-        if all_tiles or _row_offset(job, j0, width) < 0:
+        nv = _tile_vectors(j0, q_len, lanes)
+        width = nv * lanes
+        if all_tiles or _row_offset(job, j0, _tile_width(nv, _half_tail(j0, q_len, nv, lanes),
+                                                         lanes)) < 0:
             q = j0
             end = min(j0 + width, q_len)
             while q < end:  # each output row the tile touches: its valid columns
@@ -615,9 +629,9 @@ cdef inline void _gemm_tile(
     if out_band != NULL and (fb + 1 + pair) * FC_MR <= job.filters_per_group:
         if job.pitch == job.out_w:  # no junk columns: any whole tile of the band
             at = j0 if j0 < out_end else -1
-        else:
-            at = _row_offset(job, j0, nv * (FC_LANES_F32 if floating is float
-                                            else FC_LANES_F64))
+        else:  # the pixels the tile writes: a half vector writes half its lanes
+            at = _row_offset(job, j0, _tile_width(nv, half, FC_LANES_F32 if floating is float
+                                                  else FC_LANES_F64))
     if at >= 0:
         c = out_band + fb * FC_MR * job.out_pixels + at
         ldc = job.out_pixels
@@ -725,7 +739,8 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     cdef const floating *b
     cdef const Py_ssize_t *b_rows
     cdef const floating *x_chunk
-    cdef bint last, pair, half
+    cdef bint last, pair, half, row_tiles = False
+    cdef Py_ssize_t row, row_start
     rb = task % row_blocks
     fc = (task // row_blocks) % fchunks
     g = (task // (row_blocks * fchunks)) % groups
@@ -748,6 +763,10 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         out_band = (<floating *>job.out + (n * job.n_filters + g * job.filters_per_group)
                     * job.out_pixels + oh0 * job.out_w)
         out_end = _whole_tiles_end(q_len, lanes)
+        # Output rows of whole vectors (a last half vector at most, _half_tail) are tiled
+        # row by row: every tile then lies in one output row and goes straight to it.
+        row_tiles = (job.pitch != job.out_w and not job.direct
+                     and _whole_vectors(job.out_w, lanes))
     c0 = 0
     while c0 < in_per_group:
         cc = min(job.channels_per_chunk, in_per_group - c0)
@@ -810,6 +829,18 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
             # block of filters, and each block's weights stay in L1 (deep, small maps). Tiles
             # written straight to the output go this way too (see out_band above).
             for fb in range(fb0, fb1):
+                if row_tiles:  # each output row in its own tiles, no junk column computed
+                    for row in range(rows):
+                        row_start = row * job.pitch
+                        j0 = row_start
+                        while j0 < row_start + job.out_w:
+                            nv = _tile_vectors(j0 - row_start, job.out_w, lanes)
+                            _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0,
+                                       tiles_end, j0, nv,
+                                       _half_tail(j0 - row_start, job.out_w, nv, lanes),
+                                       relu and last, False, out_band, out_end)
+                            j0 = j0 + nv * lanes
+                    continue
                 j0 = 0
                 while j0 < q_len:
                     nv = _tile_vectors(j0, q_len, lanes)
@@ -843,6 +874,12 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 start = out_end if i < full_end else 0
                 _copy(out_band + i * job.out_pixels + start,
                       stage + (i - f_local) * job.stage_pitch + start, q_len - start)
+            elif row_tiles:  # a partial block's filters went to the stage, the rest out
+                if i >= full_end:
+                    for row in range(rows):
+                        _copy(out_band + i * job.out_pixels + row * job.out_w,
+                              stage + (i - f_local) * job.stage_pitch + row * job.pitch,
+                              job.out_w)
             else:
                 _copy_staged_tiles(job, stage + (i - f_local) * job.stage_pitch, q_len,
                                    i >= full_end, out_band + i * job.out_pixels, lanes)
@@ -992,7 +1029,8 @@ cdef int _gemm_forward(
     # more, where most tiles lie within a row (measured on Zen 4, 2 threads, time after /
     # before: 224 and 112 wide 0.87-0.93; 26-64 wide 1.11-1.39, most tiles staged anyway).
     job.out_direct = (not channels_last and pool == 1 and not one_filter
-                      and images_per_task == 0 and (pitch == out_w or out_w >= 3 * nr))
+                      and images_per_task == 0
+                      and (pitch == out_w or out_w >= 3 * nr or _whole_vectors(out_w, lanes)))
     job.pooled_pixels, job.pool, job.wrap = pooled_pixels, pool, wrap
     job.direct, job.panels, job.one_filter, job.relu, job.channels_last = (
         direct, panels, one_filter, relu, channels_last)

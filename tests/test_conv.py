@@ -1638,6 +1638,30 @@ def test_filter_lanes_skip_padding_taps(rng, monkeypatch, filter_lanes_everywher
                        conv2d_reference(x, weight, None, **kwargs).astype(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    (1, 3, 30, 112, 20, (3, 3), dict(padding=1)),            # 7 vectors a row, a partial block
+    (2, 2, 17, 104, 16, (3, 3), dict(padding=1)),            # 6.5 vectors: a last half vector
+    (1, 4, 20, 48, 24, (5, 5), dict(padding=2, groups=2)),   # groups of 2 channels
+    (3, 1, 9, 24, 13, (3, 3), dict(padding=(1, 2))),         # 1.5 vectors, wider padding
+    (1, 3, 40, 66, 8, (3, 3), dict(stride=(1, 2), padding=1)),  # 33 wide: not whole vectors
+])
+def test_shallow_rows_written_in_place(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """A shallow reduction (few channels x taps) accumulates straight into the output; rows
+    of whole vectors (a last half vector at most) are tiled row by row so that no tile
+    straddles two output rows, and a partial block of filters goes through the stage:
+    exact for any thread count, with ReLU, in NHWC, through a view and into a NaN-filled
+    out=."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
+    out = np.full(expected.shape, np.nan, dtype)
+    fastconv.conv2d(x, weight, b, out=out, **kwargs)
+    assert_array_equal(out, expected)
+
+
 def test_filter_lanes_taken_for_small_strided_maps(rng):
     """64 images of 7x7 -> 4x4 with 23 filters of 7x7 (stride 2): the GEMM kernel's vectors
     would hold 16 pixels in 32 lanes, so the filter-lane kernel runs (AVX-512, float32)."""
