@@ -274,11 +274,20 @@ cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, flo
                 else:
                     for lane in range(cc):
                         dst[col * lanes + lane] = src[lane * sc + src_col * job.sw]
-    for m in range(per_channel):
-        for r in range(rows):
-            _blocked_row(taps, weights + m * (taps + 1) * lanes,
+    # Each output row skips its first and last taps whose slab row is zero padding (-1 in
+    # row_src; tap t reads slab row r * stride + offsets[t] // (cols * lanes)): a 7x7 map
+    # under a 7x7 filter with padding 3 reads padding with a quarter of its rows of taps.
+    cdef Py_ssize_t t0, t1
+    for r in range(rows):
+        t0, t1 = 0, taps
+        while t0 < t1 and row_src[r * job.stride_h + job.offsets[t0] // (cols * lanes)] < 0:
+            t0 = t0 + 1
+        while t1 > t0 and row_src[r * job.stride_h + job.offsets[t1 - 1] // (cols * lanes)] < 0:
+            t1 = t1 - 1
+        for m in range(per_channel):
+            _blocked_row(t1 - t0, weights + (m * (taps + 1) + t0) * lanes,
                          slab + r * job.stride_h * cols * lanes, job.stride_w * lanes,
-                         job.offsets, stage + (m * pixels + r * out_w) * lanes, out_w,
+                         job.offsets + t0, stage + (m * pixels + r * out_w) * lanes, out_w,
                          weights + (m * (taps + 1) + taps) * lanes, job.relu)
     # Copy out: lane i of filter m to output channel (c0 + i) * M + m.
     for m in range(per_channel):
