@@ -291,6 +291,58 @@ static inline void fc_transpose_f32(float *restrict dst, Py_ssize_t ld_dst,
 }
 #define FC_TRANSPOSE_F32 8
 
+/* 16 filters x 16 pixels at once in 64-byte vectors (AVX-512, FC_TRANSPOSE16_F32): four
+ * stages, stage b exchanging element (r, c) with (r ^ b, c ^ b) where bit b of r and c
+ * differ, so that every element ends at (c, r); 64 two-source permutes per 256 elements
+ * against 96 for four 8x8 networks. Elsewhere four 8x8 blocks. */
+#if defined(__AVX512F__)
+#define FC_TRANSPOSE16_F32 1
+typedef float fc_v16f __attribute__((vector_size(64)));
+typedef int fc_v16i __attribute__((vector_size(64)));
+typedef float fc_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
+#define FC_T16_STAGE(b, keep_lo, keep_hi) do { \
+        _Pragma("GCC unroll 16") \
+        for (int i = 0; i < 16; i++) { \
+            if (i & (b)) continue; \
+            const fc_v16f a = r[i], c = r[i + (b)]; \
+            r[i] = __builtin_shuffle(a, c, keep_lo); \
+            r[i + (b)] = __builtin_shuffle(a, c, keep_hi); \
+        } \
+    } while (0)
+static inline void fc_transpose16_f32(float *restrict dst, Py_ssize_t ld_dst,
+                                      const float *restrict src, Py_ssize_t ld_src)
+{
+    /* lo[c] = c's bit b clear ? a[c] : c[c - b]; hi[c] = bit b clear ? a[c + b] : c[c] */
+    const fc_v16i lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    const fc_v16i hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    const fc_v16i lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    const fc_v16i hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    const fc_v16i lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    const fc_v16i hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    const fc_v16i lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const fc_v16i hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    fc_v16f r[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = *(const fc_v16f_u *)(src + i * ld_src);
+    FC_T16_STAGE(1, lo1, hi1);
+    FC_T16_STAGE(2, lo2, hi2);
+    FC_T16_STAGE(4, lo4, hi4);
+    FC_T16_STAGE(8, lo8, hi8);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) *(fc_v16f_u *)(dst + i * ld_dst) = r[i];
+}
+#undef FC_T16_STAGE
+#else
+#define FC_TRANSPOSE16_F32 0
+static inline void fc_transpose16_f32(float *restrict dst, Py_ssize_t ld_dst,
+                                      const float *restrict src, Py_ssize_t ld_src)
+{
+    for (int i = 0; i < 16; i += 8)
+        for (int j = 0; j < 16; j += 8)
+            fc_transpose_f32(dst + j * ld_dst + i, ld_dst, src + i * ld_src + j, ld_src);
+}
+#endif
+
 static inline void fc_transpose_f64(double *restrict dst, Py_ssize_t ld_dst,
                                     const double *restrict src, Py_ssize_t ld_src)
 {
