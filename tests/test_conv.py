@@ -204,7 +204,7 @@ def test_mixed_configs(check_conv, rng, cfg):
 
 
 def _depthwise_configs(count, seed):
-    """Depthwise layers (one input channel per group, 1 or 2 filters each: the stencil
+    """Depthwise layers (one input channel per group, 1-7 filters each: the stencil
     kernel), wide enough for whole 4-vector tiles and tall enough to split into bands."""
     rng = np.random.default_rng(seed)
     configs = []
@@ -219,7 +219,7 @@ def _depthwise_configs(count, seed):
         if not _geometry_fits(h, w, (kh, kw), stride, dilation, padding, mode):
             continue
         configs.append(dict(
-            n=int(rng.integers(1, 3)), c=c, f=c * int(rng.choice([1, 1, 2])), h=h, w=w,
+            n=int(rng.integers(1, 3)), c=c, f=c * int(rng.choice([1, 1, 2, 3, 7])), h=h, w=w,
             kernel=(kh, kw), groups=c, stride=stride, dilation=dilation, padding=padding,
             padding_mode=mode, layout=str(rng.choice(LAYOUTS)),
             bias=bool(rng.random() < 0.7), activation=None if rng.random() < 0.7 else "relu",
@@ -250,7 +250,7 @@ def test_depthwise_rows_written_in_place_stay_in_their_band(rng, width):
 
 
 @pytest.mark.parametrize("per_group, in_per_group, expected", [
-    (1, 1, True), (2, 1, True), (3, 1, False), (1, 2, False)])
+    (1, 1, True), (2, 1, True), (3, 1, True), (7, 1, True), (8, 1, False), (1, 2, False)])
 def test_depthwise_kernel_serves_one_input_channel_per_group(monkeypatch, rng, per_group,
                                                              in_per_group, expected):
     x, w, b = make_inputs(rng, c=4 * in_per_group, f=4 * per_group, groups=4, integer=True)
@@ -351,6 +351,8 @@ def test_depthwise_pointwise_reads_x_in_place(rng, n, c, h, w, view, m, dtype):
     (5, 8, 1, 30, 28, (3, 3), dict(padding=1)),                 # 28 wide, NCHW too
     (1, 20, 1, 70, 12, (7, 7), dict(padding=3)),                # bands of rows
     (1, 8, 1, 40, 9, (3, 3), dict(padding=1, padding_mode="circular")),  # a band's rows wrap
+    (2, 12, 3, 9, 9, (3, 3), dict(padding=1)),                  # three filters per channel
+    (1, 8, 5, 6, 14, (5, 5), dict(stride=2, padding=2)),        # five
 ])
 def test_depthwise_channel_blocked(rng, n, c, m, h, w, kernel, kwargs, layout, dtype):
     """Short output rows take the channel-blocked depthwise kernel (a vector holds
