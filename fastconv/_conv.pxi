@@ -80,6 +80,8 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_transpose_f32(float *dst, Py_ssize_t ld_dst, const float *src, Py_ssize_t ld_src)
     void fc_transpose16_f32(float *dst, Py_ssize_t ld_dst, const float *src,
                             Py_ssize_t ld_src)
+    bint fc_all_finite_f32(const float *a, Py_ssize_t n)
+    bint fc_all_finite_f64(const double *a, Py_ssize_t n)
     void fc_transpose_f64(double *dst, Py_ssize_t ld_dst, const double *src, Py_ssize_t ld_src)
     void fc_microkernel_f32(Py_ssize_t depth, const float *a, const float *b,
                             const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
@@ -309,6 +311,14 @@ cdef void _transpose_blocks(const floating *src, Py_ssize_t ld_src, Py_ssize_t r
     for c in range(c0, cols):
         for r in range(rows):
             dst[c * ld_dst + r] = src[r * ld_src + c]
+
+
+cdef inline bint _all_finite(const floating *a, Py_ssize_t n) noexcept nogil:
+    """Whether a[:n] holds no infinity and no NaN. Kernels skip products with zero padding
+    only then: inf * 0 and NaN * 0 are NaN."""
+    if floating is float:
+        return fc_all_finite_f32(a, n)
+    return fc_all_finite_f64(a, n)
 
 
 cdef inline void _copy(floating *dst, const floating *src, Py_ssize_t n) noexcept nogil:

@@ -502,7 +502,9 @@ cdef class FilterLaneCall(_KernelCall):
         _table(plan.pixel_src, "pixel_src", 0, max(images_span, 1), &self.pixel_src)
         cdef const Py_ssize_t *rows = <const Py_ssize_t *>self.tap_rows.data
         cdef Py_ssize_t row
-        if plan.tap_rows.ndim != 2 or self.tap_rows.shape[1] != 2:
+        # (the first list holds every tap: tiles take it where a weight is not finite)
+        if (plan.tap_rows.ndim != 2 or self.tap_rows.shape[1] != 2
+                or list_rows < chunk_rows):
             raise ValueError("FilterLaneCall: the plan's lists do not fit the call")
         for row in range(list_rows):
             if rows[2 * row] >= self.image_slab or rows[2 * row + 1] >= weights_end:

@@ -68,6 +68,7 @@ ctypedef struct _DepthwiseJob:
     Py_ssize_t stage_row, filter_pitch, pooled_pixels, pool
     bint direct, relu, channels_last
     bint pointwise                # 1x1, stride 1, no padding, rows contiguous: x read in place
+    bint skip_padding             # every weight finite: taps reading zero padding skipped
     Py_ssize_t blocked            # lanes of a channel block, 0: planar (see _conv_plan)
     Py_ssize_t width              # input columns
     void *blocked_weights         # blocked: the weights as vectors (_pack_blocked_weights)
@@ -277,12 +278,15 @@ cdef void _depthwise_blocked_task(const _DepthwiseJob *job, Py_ssize_t task, flo
     # Each output row skips its first and last taps whose slab row is zero padding (-1 in
     # row_src; tap t reads slab row r * stride + offsets[t] // (cols * lanes)): a 7x7 map
     # under a 7x7 filter with padding 3 reads padding with a quarter of its rows of taps.
+    # Not where a weight is infinite or NaN (job.skip_padding: its product with zero is NaN).
     cdef Py_ssize_t t0, t1
     for r in range(rows):
         t0, t1 = 0, taps
-        while t0 < t1 and row_src[r * job.stride_h + job.offsets[t0] // (cols * lanes)] < 0:
+        while (job.skip_padding and t0 < t1
+               and row_src[r * job.stride_h + job.offsets[t0] // (cols * lanes)] < 0):
             t0 = t0 + 1
-        while t1 > t0 and row_src[r * job.stride_h + job.offsets[t1 - 1] // (cols * lanes)] < 0:
+        while (job.skip_padding and t1 > t0
+               and row_src[r * job.stride_h + job.offsets[t1 - 1] // (cols * lanes)] < 0):
             t1 = t1 - 1
         for m in range(per_channel):
             _blocked_row(t1 - t0, weights + (m * (taps + 1) + t0) * lanes,
@@ -377,6 +381,7 @@ cdef int _depthwise_forward(
         stage_row, filter_pitch, pooled_pixels, pool)
     job.direct, job.relu, job.channels_last = direct, relu, channels_last
     job.pointwise = pointwise and not blocked
+    job.skip_padding = _all_finite(weight_data, n_filters * taps)
     job.blocked, job.width = blocked, x.shape[3]
     if blocked:  # after every thread's scratch: the weights as vectors, shared by the tasks
         job.blocked_weights = scratch_data + num_threads * scratch_per_thread

@@ -57,6 +57,7 @@ ctypedef struct _FilterLaneJob:
     const Py_ssize_t *tile_rows
     Py_ssize_t last_tiles         # the last block's first tile in tile_rows
     Py_ssize_t interleave         # images per group of a task (_conv_plan._lane_tiles)
+    bint skip_padding             # the tiles' own lists, else every tap (a weight not finite)
     const Py_ssize_t *pixel_src
     Py_ssize_t stride_w, phases, pitch, slab_channel, wrap
     Py_ssize_t n_images, channels, channels_per_chunk, n_filters, depth, taps, lanes
@@ -140,10 +141,16 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
             p0 = 0
             tile = tiles
             while p0 < pixels:  # the tile's list: its first cc * (its taps) reduction rows
-                _lanes(cc * tile[1], panel + fv * lanes, slab, job.tap_rows + 2 * tile[0],
-                       pixel_src + p0, stage + p0 * ld + fv * lanes, ld,
-                       bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
-                       <int>tile[2], nv, half)
+                if job.skip_padding:
+                    _lanes(cc * tile[1], panel + fv * lanes, slab, job.tap_rows + 2 * tile[0],
+                           pixel_src + p0, stage + p0 * ld + fv * lanes, ld,
+                           bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
+                           <int>tile[2], nv, half)
+                else:  # every tap (the first list)
+                    _lanes(cc * taps, panel + fv * lanes, slab, job.tap_rows,
+                           pixel_src + p0, stage + p0 * ld + fv * lanes, ld,
+                           bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
+                           <int>tile[2], nv, half)
                 p0 = p0 + tile[2]
                 tile = tile + 3
             fv = fv + nv
@@ -222,6 +229,15 @@ cdef int _filter_lanes_forward(
     job.tap_rows = <const Py_ssize_t *>tap_rows.data
     job.tile_rows, job.last_tiles = <const Py_ssize_t *>tile_rows.data, last_tiles
     job.interleave = interleave
+    # Tiles skip taps that read only zero padding unless a weight is infinite or NaN: its
+    # product with zero is NaN, not nothing. The scan costs a read of the weights (5% of a
+    # 0.39 ms layer with 2.2 MB of them), only where some tile skips.
+    cdef const Py_ssize_t *tile_list = <const Py_ssize_t *>tile_rows.data
+    cdef bint skips = False
+    cdef Py_ssize_t tile
+    for tile in range(tile_rows.shape[0]):
+        skips = skips or tile_list[3 * tile + 1] < taps
+    job.skip_padding = skips and _all_finite(weight, n_filters * channels * taps)
     job.pixel_src = <const Py_ssize_t *>pixel_src.data
     job.stride_w, job.phases, job.pitch = stride_w, col_src.shape[0], col_src.shape[1]
     job.slab_channel = job.phases * job.slab_rows * job.pitch

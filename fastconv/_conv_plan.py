@@ -171,7 +171,10 @@ class FilterLanePlan(NamedTuple):
                              # row's slab offset and its offset in a task's packed weights
     tile_rows: np.ndarray    # (tiles, 3) the tiles of a task's pixels in order: the first
                              # row of its list in tap_rows, its taps per channel, its pixels;
-                             # the tiles of a whole block of images, then of the last block
+                             # the tiles of a whole block of images, then of the last block.
+                             # tap_rows starts with the list of every tap, which all tiles
+                             # take where a weight is infinite or NaN: a product of such a
+                             # weight with zero padding is NaN, not nothing.
     pixel_src: np.ndarray    # slab position of each pixel of a task (see _lane_tiles), a
                              # whole block's (images_per_task * OH * OW), then the last's
     last_images: int         # images of the last block if fewer than images_per_task, or 0
@@ -353,7 +356,8 @@ def _taps_read(out_h, out_w, height, width, kernel, stride, dilation, pads, padd
 
 def _lane_tiles(image_counts, interleave, taps_read, tile_pixels, image_slab, out_h, out_w,
                 pitch, b_offset, channels, panel_ld):
-    """``(tap_rows, tile_rows, pixel_src, kept)`` of FilterLanePlan, for tasks of each of
+    """``(tap_rows, tile_rows, pixel_src, kept)`` of FilterLanePlan (the list of every tap
+    first), for tasks of each of
     ``image_counts`` images in turn (a whole block, then a last smaller one).
 
     A task takes its images in groups of ``interleave`` (the last group smaller) and each
@@ -364,9 +368,12 @@ def _lane_tiles(image_counts, interleave, taps_read, tile_pixels, image_slab, ou
     Taking positions across images keeps a tile's pixels few positions apart, so that their
     taps differ little. Tiles with the same taps share one list. kept: the share of the
     taps the first task's tiles compute."""
-    lists, tap_rows, tile_rows, pixel_src = {}, [], [], []
-    start = computed = 0
     taps = taps_read.shape[1]
+    # the list of every tap first: tiles take it where a weight is not finite (FilterLanePlan)
+    every = np.arange(channels * taps)
+    lists = {np.arange(taps).tobytes(): 0}
+    tap_rows, tile_rows, pixel_src = [np.stack([b_offset, every * panel_ld], axis=1)], [], []
+    start, computed = every.size, 0
     positions = np.arange(out_h * out_w)
     position_src = (positions // out_w) * pitch + positions % out_w
     for images in image_counts:

@@ -7,6 +7,7 @@
 #define FASTCONV_SIMD_H
 
 #include <Python.h> /* Py_ssize_t */
+#include <stdint.h> /* uint32_t, uint64_t */
 
 #if defined(__AVX512F__)
 #define FC_VEC_BYTES 64
@@ -255,6 +256,25 @@ static inline void fc_max_pairs_##SUF(T *restrict dst, Py_ssize_t step, const T 
 
 FC_DEFINE_MAX_NAN(f32, float, fc_vf32, fc_vf32_u, fc_vi32, FC_LANES_F32, FC_EVEN_F32, FC_ODD_F32)
 FC_DEFINE_MAX_NAN(f64, double, fc_vf64, fc_vf64_u, fc_vi64, FC_LANES_F64, FC_EVEN_F64, FC_ODD_F64)
+
+/* Whether a[:n] holds no infinity and no NaN: no element with every exponent bit set. An
+ * integer OR-reduction, which the compiler vectorises (a floating sum would not be). */
+static inline int fc_all_finite_f32(const float *a, Py_ssize_t n)
+{
+    const uint32_t *u = (const uint32_t *)a;
+    uint32_t bad = 0;
+    for (Py_ssize_t k = 0; k < n; k++) bad |= (u[k] & 0x7f800000u) == 0x7f800000u;
+    return !bad;
+}
+
+static inline int fc_all_finite_f64(const double *a, Py_ssize_t n)
+{
+    const uint64_t *u = (const uint64_t *)a;
+    uint64_t bad = 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        bad |= (u[k] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+    return !bad;
+}
 
 /* Transposes for NHWC output: a block of T filters x T pixels (rows ld_src apart) becomes
  * T pixels x T filters (rows ld_dst apart). 32-byte vectors on every ISA level (two xmm on

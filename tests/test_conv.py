@@ -1664,6 +1664,25 @@ def test_shallow_rows_written_in_place(rng, n, c, h, w, f, kernel, kwargs, dtype
     assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("path", ["lanes", "depthwise"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_skipped_padding_taps_keep_non_finite_weights(rng, filter_lanes_everywhere, path, bad):
+    """Kernels that skip taps reading only zero padding compute every tap when a weight is
+    infinite or NaN: inf * 0 is NaN, as in the reference, at exactly its places."""
+    filter_lanes_everywhere()
+    c, f, groups = (10, 20, 1) if path == "lanes" else (16, 16, 16)
+    x, weight, b = make_inputs(rng, n=3, c=c, h=7, w=7, f=f, kernel=(7, 7), groups=groups,
+                               integer=True)
+    weight[3, 0, 0, 0] = bad  # the top-left tap: padding for most output pixels
+    kwargs = dict(padding=3, groups=groups)
+    assert _conv_call(x, weight, **kwargs).path == path
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(np.float32)
+    assert np.isnan(expected).any() or np.isinf(expected).any()
+    for threads in (1, 2):
+        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
+                           expected)
+
+
 def test_filter_lanes_taken_for_small_strided_maps(rng):
     """64 images of 7x7 -> 4x4 with 23 filters of 7x7 (stride 2): the GEMM kernel's vectors
     would hold 16 pixels in 32 lanes, so the filter-lane kernel runs (AVX-512, float32)."""
