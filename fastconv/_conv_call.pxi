@@ -471,6 +471,7 @@ cdef class FilterLaneCall(_KernelCall):
     cdef _Arg tap_rows, tile_rows, pixel_src
     cdef Py_ssize_t n_filters, taps, stride_w, channels_per_chunk, images_per_task
     cdef Py_ssize_t image_slab, fvecs_per_task, wrap, lanes, last_tiles, interleave
+    cdef bint skips                       # some tile skips taps that read only padding
     cdef bint shared_weights
 
     def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, bint channels_last,
@@ -519,6 +520,7 @@ cdef class FilterLaneCall(_KernelCall):
         cdef Py_ssize_t tile, covered = 0
         cdef const Py_ssize_t *tiles = <const Py_ssize_t *>self.tile_rows.data
         self.last_tiles = -1
+        self.skips = False
         self.interleave = plan.interleave
         if (plan.tile_rows.ndim != 2 or self.tile_rows.shape[1] != 3
                 or self.images_per_task < 1 or self.interleave < 1
@@ -528,6 +530,7 @@ cdef class FilterLaneCall(_KernelCall):
             if covered == block:
                 self.last_tiles = tile
             covered += tiles[3 * tile + 2]
+            self.skips = self.skips or tiles[3 * tile + 1] < self.taps
             if (tiles[3 * tile + 1] > self.taps or tiles[3 * tile]
                     + self.channels_per_chunk * tiles[3 * tile + 1] > list_rows
                     or not 1 <= tiles[3 * tile + 2] <= FC_LANES_NP
@@ -574,7 +577,7 @@ cdef class FilterLaneCall(_KernelCall):
                                   self.n_filters, <float *>out, <float *>scratch,
                                   &self.row_src, &self.col_src, &self.col_inner,
                                   &self.tap_rows, &self.tile_rows, self.last_tiles,
-                                  self.interleave,
+                                  self.interleave, self.skips,
                                   &self.pixel_src, self.stride_w, self.taps,
                                   self.out_h, self.out_w, self.channels_per_chunk,
                                   self.images_per_task, self.image_slab, self.fvecs_per_task,
@@ -585,7 +588,7 @@ cdef class FilterLaneCall(_KernelCall):
                                   self.n_filters, <double *>out, <double *>scratch,
                                   &self.row_src, &self.col_src, &self.col_inner,
                                   &self.tap_rows, &self.tile_rows, self.last_tiles,
-                                  self.interleave,
+                                  self.interleave, self.skips,
                                   &self.pixel_src, self.stride_w, self.taps,
                                   self.out_h, self.out_w, self.channels_per_chunk,
                                   self.images_per_task, self.image_slab, self.fvecs_per_task,

@@ -68,7 +68,8 @@ ctypedef struct _DepthwiseJob:
     Py_ssize_t stage_row, filter_pitch, pooled_pixels, pool
     bint direct, relu, channels_last
     bint pointwise                # 1x1, stride 1, no padding, rows contiguous: x read in place
-    bint skip_padding             # every weight finite: taps reading zero padding skipped
+    bint skip_padding             # blocked and every weight finite: rows of taps that read
+                                  # zero padding skipped
     Py_ssize_t blocked            # lanes of a channel block, 0: planar (see _conv_plan)
     Py_ssize_t width              # input columns
     void *blocked_weights         # blocked: the weights as vectors (_pack_blocked_weights)
@@ -381,7 +382,7 @@ cdef int _depthwise_forward(
         stage_row, filter_pitch, pooled_pixels, pool)
     job.direct, job.relu, job.channels_last = direct, relu, channels_last
     job.pointwise = pointwise and not blocked
-    job.skip_padding = _all_finite(weight_data, n_filters * taps)
+    job.skip_padding = blocked and _all_finite(weight_data, n_filters * taps)
     job.blocked, job.width = blocked, x.shape[3]
     if blocked:  # after every thread's scratch: the weights as vectors, shared by the tasks
         job.blocked_weights = scratch_data + num_threads * scratch_per_thread

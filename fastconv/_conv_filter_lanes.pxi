@@ -11,10 +11,10 @@
 # fc_lanes: each pixel's value of a reduction row is one broadcast from the slab, each
 # weight row two vector loads, for up to FC_LANES_NP pixels x 2 vectors of filters. A tile
 # of pixels skips the taps that read zero padding for all of its pixels (the plan's lists of
-# reduction rows, see _conv_plan._tile_taps): small maps under wide, dilated or padded
-# filters read mostly padding. The staged tile (pixels x filters) goes out transposed (NCHW) or as it is (NHWC). Every
-# output element is reduced by one task in a fixed order: bit-identical for any thread
-# count.
+# reduction rows, see _conv_plan._lane_tiles): small maps under wide, dilated or padded
+# filters read mostly padding. The staged tile (pixels x filters) goes out transposed
+# (NCHW) or as it is (NHWC). Every output element is reduced by one task in a fixed order:
+# bit-identical for any thread count.
 
 cdef extern from "_conv_microkernel.h" nogil:
     enum:
@@ -116,7 +116,8 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
     cdef const Py_ssize_t *pixel_src = job.pixel_src + (0 if whole else job.images_per_task
                                                         * job.out_pixels)
     cdef const Py_ssize_t *tile
-    cdef Py_ssize_t c0, cc, i, q, fv, p0
+    cdef const Py_ssize_t *rows
+    cdef Py_ssize_t c0, cc, i, q, fv, p0, depth
     cdef bint last, half
     cdef int nv
     c0 = 0
@@ -140,17 +141,15 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
             half = _half_tail(fv * lanes, f_len, nv, lanes)  # of the task's f_len filters
             p0 = 0
             tile = tiles
-            while p0 < pixels:  # the tile's list: its first cc * (its taps) reduction rows
+            while p0 < pixels:  # the first cc * (its taps) reduction rows of the tile's list
                 if job.skip_padding:
-                    _lanes(cc * tile[1], panel + fv * lanes, slab, job.tap_rows + 2 * tile[0],
-                           pixel_src + p0, stage + p0 * ld + fv * lanes, ld,
-                           bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
-                           <int>tile[2], nv, half)
+                    rows, depth = job.tap_rows + 2 * tile[0], cc * tile[1]
                 else:  # every tap (the first list)
-                    _lanes(cc * taps, panel + fv * lanes, slab, job.tap_rows,
-                           pixel_src + p0, stage + p0 * ld + fv * lanes, ld,
-                           bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
-                           <int>tile[2], nv, half)
+                    rows, depth = job.tap_rows, cc * taps
+                _lanes(depth, panel + fv * lanes, slab, rows, pixel_src + p0,
+                       stage + p0 * ld + fv * lanes, ld,
+                       bias + f0 + fv * lanes if c0 == 0 else NULL, job.relu and last,
+                       <int>tile[2], nv, half)
                 p0 = p0 + tile[2]
                 tile = tile + 3
             fv = fv + nv
@@ -192,6 +191,7 @@ cdef int _filter_lanes_forward(
                                    #     pixels (at most FC_LANES_NP): a whole block's tiles,
                                    #     from last_tiles the last block's
     Py_ssize_t last_tiles, Py_ssize_t interleave,
+    bint skips,                    # some tile skips taps (FilterLaneCall checks the plan)
     const _Arg *pixel_src,         # IN  intp slab position of each of a task's pixels: a
                                    #     whole block's (images_per_task*OH*OW), the last's
     Py_ssize_t stride_w, Py_ssize_t taps, Py_ssize_t out_h, Py_ssize_t out_w,
@@ -232,11 +232,6 @@ cdef int _filter_lanes_forward(
     # Tiles skip taps that read only zero padding unless a weight is infinite or NaN: its
     # product with zero is NaN, not nothing. The scan costs a read of the weights (5% of a
     # 0.39 ms layer with 2.2 MB of them), only where some tile skips.
-    cdef const Py_ssize_t *tile_list = <const Py_ssize_t *>tile_rows.data
-    cdef bint skips = False
-    cdef Py_ssize_t tile
-    for tile in range(tile_rows.shape[0]):
-        skips = skips or tile_list[3 * tile + 1] < taps
     job.skip_padding = skips and _all_finite(weight, n_filters * channels * taps)
     job.pixel_src = <const Py_ssize_t *>pixel_src.data
     job.stride_w, job.phases, job.pitch = stride_w, col_src.shape[0], col_src.shape[1]

@@ -357,8 +357,8 @@ def _taps_read(out_h, out_w, height, width, kernel, stride, dilation, pads, padd
 def _lane_tiles(image_counts, interleave, taps_read, tile_pixels, image_slab, out_h, out_w,
                 pitch, b_offset, channels, panel_ld):
     """``(tap_rows, tile_rows, pixel_src, kept)`` of FilterLanePlan (the list of every tap
-    first), for tasks of each of
-    ``image_counts`` images in turn (a whole block, then a last smaller one).
+    first), for tasks of each of ``image_counts`` images in turn (a whole block, then a last
+    smaller one).
 
     A task takes its images in groups of ``interleave`` (the last group smaller) and each
     group's pixels position by position, each position in all the group's images, in equal

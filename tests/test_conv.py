@@ -1465,6 +1465,16 @@ def assert_exact_across_paths(x, weight, b, expected, **kwargs):
                        expected.transpose(0, 2, 3, 1))
 
 
+def assert_exact_everywhere(x, weight, b, expected, **kwargs):
+    """assert_exact_across_paths, assert_exact_through_row_view, and conv2d into a
+    NaN-filled out= equals ``expected``."""
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
+    out = np.full(expected.shape, np.nan, expected.dtype)
+    fastconv.conv2d(x, weight, b, out=out, **kwargs)
+    assert_array_equal(out, expected)
+
+
 def assert_exact_through_row_view(x, weight, b, expected, **kwargs):
     """conv2d of a view of NCHW x whose rows are 3 elements longer equals ``expected``."""
     n, c, h, w = x.shape
@@ -1599,11 +1609,7 @@ def test_filter_lanes(rng, filter_lanes_everywhere, n, c, h, w, f, kernel, kwarg
     assert call.path == "lanes"
     assert call.runner.plan.shared_weights == (shared and n > call.runner.plan.images_per_task)
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    assert_exact_across_paths(x, weight, b, expected, **kwargs)
-    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
-    out = np.full(expected.shape, np.nan, dtype)
-    fastconv.conv2d(x, weight, b, out=out, **kwargs)
-    assert_array_equal(out, expected)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
     assert_array_equal(fastconv.conv2d(x, weight, **kwargs),
                        conv2d_reference(x, weight, None, **kwargs).astype(dtype))
 
@@ -1657,11 +1663,7 @@ def test_shallow_rows_written_in_place(rng, n, c, h, w, f, kernel, kwargs, dtype
     x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
                                groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    assert_exact_across_paths(x, weight, b, expected, **kwargs)
-    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
-    out = np.full(expected.shape, np.nan, dtype)
-    fastconv.conv2d(x, weight, b, out=out, **kwargs)
-    assert_array_equal(out, expected)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
 
 
 @pytest.mark.parametrize("path", ["lanes", "depthwise"])
@@ -1748,11 +1750,7 @@ def test_half_vector_tails(rng, n, c, h, w, f, kernel, kwargs, pool, dtype):
                           groups, "zeros", "NCHW", "relu", None, threads, pool)
             assert_array_equal(got, expected)
         return
-    assert_exact_across_paths(x, weight, b, expected, **kwargs)
-    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
-    out = np.full(expected.shape, np.nan, dtype)
-    fastconv.conv2d(x, weight, b, out=out, **kwargs)
-    assert_array_equal(out, expected)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
