@@ -14,27 +14,6 @@ cdef extern from *:
     """
     #include "_simd.h"
 
-    /* Non-temporal (streaming) vector stores: a large out-of-place result then skips the
-     * read-for-ownership of its cache lines. The address must be vector-aligned. */
-    #if defined(__x86_64__) || defined(__i386__)
-    #include <immintrin.h>
-    #if FC_VEC_BYTES == 64
-    #define FC_STREAM_f32(p, v) _mm512_stream_ps((p), (__m512)(v))
-    #define FC_STREAM_f64(p, v) _mm512_stream_pd((p), (__m512d)(v))
-    #elif FC_VEC_BYTES == 32
-    #define FC_STREAM_f32(p, v) _mm256_stream_ps((p), (__m256)(v))
-    #define FC_STREAM_f64(p, v) _mm256_stream_pd((p), (__m256d)(v))
-    #else
-    #define FC_STREAM_f32(p, v) _mm_stream_ps((p), (__m128)(v))
-    #define FC_STREAM_f64(p, v) _mm_stream_pd((p), (__m128d)(v))
-    #endif
-    #define FC_STREAM_FENCE() _mm_sfence()
-    #else
-    #define FC_STREAM_f32(p, v) (*(fc_vf32 *)(p) = (v))
-    #define FC_STREAM_f64(p, v) (*(fc_vf64 *)(p) = (v))
-    #define FC_STREAM_FENCE() ((void)0)
-    #endif
-
     /* dst[i] = src[i] < 0 ? 0 : src[i]; dst may be src. Compare-and-mask (no max instruction),
      * so NaN stays NaN. Four vectors per iteration keep enough loads in flight; stores are
      * vector-aligned after a scalar head. With stream, dst (never src) is written with

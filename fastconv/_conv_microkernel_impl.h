@@ -302,6 +302,65 @@ static inline void FC_NAME(fc_stencil_rows)(
 #undef FC_TILE
 }
 
+/* A depthwise 1x1 filter at stride 1 scales its channel: c[j] = bias + w * b[j], j < n,
+ * the products and sums of fc_stencil_tile with one tap, c not overlapping b. Unaligned
+ * whole vectors, the last one overlapping (the same values stored twice); fewer than
+ * FC_LANES elements one by one. stream: non-temporal stores for a result too large for the
+ * cache (no read-for-ownership of its lines), on whole aligned vectors only, the elements
+ * before and after them one by one: an ordinary store to a line that also takes a
+ * non-temporal one makes them both slow. */
+static inline void FC_NAME(fc_scale)(const FC_T *restrict b, FC_T *restrict c, Py_ssize_t n,
+                                     FC_T w, FC_T bias, int relu, int stream)
+{
+    const FC_V zero = {0};
+    Py_ssize_t j = 0;
+#define FC_SCALE_ONE(k) do { \
+        FC_T s = bias; \
+        s += b[k] * w; \
+        c[k] = relu && s < 0 ? (FC_T)0 : s; \
+    } while (0)
+#define FC_SCALE(k, v) do { \
+        v = zero + bias; \
+        v += *(const FC_VU *)(b + (k)) * w; \
+        if (relu) v = (FC_V)((FC_VI)v & ~(FC_VI)(v < zero)); \
+    } while (0)
+    FC_V v0, v1, v2, v3;
+    if (stream) {
+        for (; j < n && (size_t)(c + j) % sizeof(FC_V) != 0; j++) FC_SCALE_ONE(j);
+        for (; j + 4 * FC_LANES <= n; j += 4 * FC_LANES) {
+            FC_SCALE(j, v0);
+            FC_SCALE(j + FC_LANES, v1);
+            FC_SCALE(j + 2 * FC_LANES, v2);
+            FC_SCALE(j + 3 * FC_LANES, v3);
+            FC_NAME(FC_STREAM)(c + j, v0);
+            FC_NAME(FC_STREAM)(c + j + FC_LANES, v1);
+            FC_NAME(FC_STREAM)(c + j + 2 * FC_LANES, v2);
+            FC_NAME(FC_STREAM)(c + j + 3 * FC_LANES, v3);
+        }
+        FC_STREAM_FENCE();
+        for (; j + FC_LANES <= n; j += FC_LANES) {
+            FC_SCALE(j, v0);
+            *(FC_VU *)(c + j) = v0;
+        }
+        for (; j < n; j++) FC_SCALE_ONE(j);
+        return;
+    }
+    if (n < FC_LANES) {
+        for (; j < n; j++) FC_SCALE_ONE(j);
+        return;
+    }
+    for (; j + FC_LANES <= n; j += FC_LANES) {
+        FC_SCALE(j, v0);
+        *(FC_VU *)(c + j) = v0;
+    }
+    if (j < n) {
+        FC_SCALE(n - FC_LANES, v0);
+        *(FC_VU *)(c + n - FC_LANES) = v0;
+    }
+#undef FC_SCALE
+#undef FC_SCALE_ONE
+}
+
 /* Channel-blocked depthwise convolution: each vector holds FC_LANES channels of one pixel,
  * so a short output row still fills whole vectors. nb output pixels (nb <= 8):
  *   c[k * FC_LANES + lane] = bias[lane] + sum_r w[r * FC_LANES + lane]

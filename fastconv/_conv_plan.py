@@ -551,6 +551,10 @@ DEPTHWISE_NHWC_GROUPS = 16
 # Output pixels per depthwise NCHW task at least (in whole planes): a 7x7 plane alone is
 # less work than starting its task and filling its slab's rows.
 DEPTHWISE_TASK_PIXELS = 2048
+# 1x1 filters read in place (DEPTHWISE_POINTWISE_PIXELS below) stream their channels: longer
+# tasks measured 0.53-0.75 of the time of 2048 pixels (Zen 4, 2 threads, 6 layers of 17x17 to
+# 56x56 planes); 65536 left too few tasks to balance (up to 1.6x).
+DEPTHWISE_POINTWISE_TASK_PIXELS = 16384
 # Output rows at most this wide take the channel-blocked depthwise kernel (every row in NHWC)
 # when each channel has one filter, and rows half as wide when it has more: a planar vector
 # of a short row is mostly junk lanes (a 7-wide row fills 7 of 16), a blocked one is full.
@@ -559,6 +563,11 @@ DEPTHWISE_TASK_PIXELS = 2048
 # NHWC 0.33-0.66 at 7-14, 0.51-0.57 at 28, 0.86-0.96 at 56-112. Two filters per channel:
 # 0.41-0.91 at 7-14, 1.08-1.25 at 28-56 (their lanes leave the stage one element at a time).
 DEPTHWISE_BLOCKED_WIDTH = 32
+# Except for 1x1 filters at stride 1 without padding on planes of at least this many
+# pixels, read in place. Planar time / blocked time, Zen 4, 2 threads: one filter per
+# channel 0.31-0.38 on 10x10 and 14x14, 0.71-0.82 on 28x28, 1.8-2.3 on 5x5 and 7x7; two
+# filters per channel 0.40 on 14x14, 1.84 on 7x7.
+DEPTHWISE_POINTWISE_PIXELS = 64
 
 
 @functools.lru_cache(maxsize=256)
@@ -576,8 +585,16 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
     def slab_rows_for(rows):
         return (rows - 1) * sh + (kh - 1) * dh + 1
 
-    blocked = (out_w <= DEPTHWISE_BLOCKED_WIDTH // 2 if multiplier > 1
-               else channels_last or out_w <= DEPTHWISE_BLOCKED_WIDTH)
+    # A 1x1 filter at stride 1 without padding scales its channel: in NCHW the planar kernel
+    # reads x in place (_depthwise_pointwise_band), no transposes, on planes of at least
+    # DEPTHWISE_POINTWISE_PIXELS.
+    pointwise = (kh == kw == 1 and sh == sw == 1 and not any(pads)
+                 and out_h * out_w >= DEPTHWISE_POINTWISE_PIXELS)
+    if channels_last:
+        blocked = multiplier == 1 or out_w <= DEPTHWISE_BLOCKED_WIDTH // 2
+    else:
+        blocked = not pointwise and out_w <= DEPTHWISE_BLOCKED_WIDTH // (
+            2 if multiplier > 1 else 1)
     if blocked and row_multiple == 1 and lanes > 1:
         return _depthwise_blocked_plan(
             n_images=n_images, groups=groups, multiplier=multiplier, height=height,
@@ -592,7 +609,8 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
     else:
         # Small planes: several channels per task, so that dispatch and the fill's per-row
         # setup are shared, but still MIN_TASKS tasks where the batch allows.
-        groups_per_task = max(1, min(DEPTHWISE_TASK_PIXELS // (out_h * out_w * multiplier),
+        task_pixels = DEPTHWISE_POINTWISE_TASK_PIXELS if pointwise else DEPTHWISE_TASK_PIXELS
+        groups_per_task = max(1, min(task_pixels // (out_h * out_w * multiplier),
                                      groups // -(-MIN_TASKS // n_images)))
     rows = out_h
     while (rows > row_multiple and groups_per_task * phases * slab_rows_for(rows) * pitch

@@ -53,6 +53,27 @@ typedef double fc_hf64_u __attribute__((vector_size(FC_VEC_BYTES / 2), aligned(8
 #include <immintrin.h>
 #endif
 
+/* Non-temporal (streaming) vector stores: a large out-of-place result then skips the
+ * read-for-ownership of its cache lines. The address must be vector-aligned. */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#if FC_VEC_BYTES == 64
+#define FC_STREAM_f32(p, v) _mm512_stream_ps((p), (__m512)(v))
+#define FC_STREAM_f64(p, v) _mm512_stream_pd((p), (__m512d)(v))
+#elif FC_VEC_BYTES == 32
+#define FC_STREAM_f32(p, v) _mm256_stream_ps((p), (__m256)(v))
+#define FC_STREAM_f64(p, v) _mm256_stream_pd((p), (__m256d)(v))
+#else
+#define FC_STREAM_f32(p, v) _mm_stream_ps((p), (__m128)(v))
+#define FC_STREAM_f64(p, v) _mm_stream_pd((p), (__m128d)(v))
+#endif
+#define FC_STREAM_FENCE() _mm_sfence()
+#else
+#define FC_STREAM_f32(p, v) (*(fc_vf32 *)(p) = (v))
+#define FC_STREAM_f64(p, v) (*(fc_vf64 *)(p) = (v))
+#define FC_STREAM_FENCE() ((void)0)
+#endif
+
 /* Ask for the cache lines of bytes [p, p + bytes) ahead of use. The slab fill reads short
  * rows (one per channel, planes apart): too many streams for the hardware prefetcher, so each
  * row's copy would wait on L3. */

@@ -316,27 +316,63 @@ def test_depthwise_small_planes_share_a_task(rng, n, h, w, stride, pool, dtype):
 @pytest.mark.parametrize("n, c, h, w, view", [
     (2, 5, 50, 37, None),          # bands of rows ending inside a vector
     (1, 3, 7, 48, None),           # whole vectors only
+    (4, 6, 10, 10, None),          # short rows: planar too, not channel-blocked
+    (4, 6, 7, 7, None),            # small planes: channel-blocked
+    (1, 1, 100, 1, None),          # bands of 13 pixels, shorter than a vector
+    (1, 1, 8, 8, None),            # bands of one row
     (3, 4, 33, 35, "channels"),    # every other channel of a wider x: planes apart
     (2, 3, 20, 40, "columns"),     # rows longer than the plane's width: read via the slab
+    (2, 5, 13, 11, "out"),         # out= one element past a vector boundary
 ])
 def test_depthwise_pointwise_reads_x_in_place(rng, n, c, h, w, view, m, dtype):
-    """A 1x1 depthwise filter at stride 1 without padding scales its channel: the kernel
-    reads contiguous rows of x in place, a band's last pixels through the slab. Exact for
-    any thread count, with and without ReLU and bias, and x is left as it was."""
-    shape = {None: (n, c, h, w), "channels": (n, 2 * c, h, w), "columns": (n, c, h, w + 5)}
-    base = rng.integers(-4, 5, size=shape[view]).astype(dtype)
-    x = {None: base, "channels": base[:, ::2], "columns": base[..., :w]}[view]
+    """A 1x1 depthwise filter at stride 1 without padding scales its channel: on planes of
+    at least DEPTHWISE_POINTWISE_PIXELS the kernel reads contiguous rows of x in place and
+    stores whole vectors, the last one overlapping. Exact for any thread count, with and
+    without ReLU and bias, into a misaligned out=, and x is left as it was."""
+    from fastconv import _conv_plan
+    shape = {"channels": (n, 2 * c, h, w), "columns": (n, c, h, w + 5)}.get(view, (n, c, h, w))
+    base = rng.integers(-4, 5, size=shape).astype(dtype)
+    x = {"channels": base[:, ::2], "columns": base[..., :w]}.get(view, base)
     weight = rng.integers(-3, 4, size=(c * m, 1, 1, 1)).astype(dtype)
     bias = rng.integers(-3, 4, size=c * m).astype(dtype)
     before = base.copy()
+    plan = _conv_plan.depthwise_plan(
+        n_images=n, groups=c, multiplier=m, height=h, width=w, out_h=h, out_w=w,
+        kernel=(1, 1), stride=(1, 1), dilation=(1, 1), pads=(0, 0, 0, 0),
+        padding_mode="zeros", lanes=16, itemsize=np.dtype(dtype).itemsize,
+        channels_last=False)
+    assert bool(plan.blocked) == (h * w < _conv_plan.DEPTHWISE_POINTWISE_PIXELS)
+    out_size = n * c * m * h * w
     for b in (bias, None):
         expected = conv2d_reference(x, weight, b, groups=c).astype(dtype)
         for threads in (1, 2, 3):
             assert_array_equal(fastconv.conv2d(x, weight, b, groups=c, num_threads=threads),
                                expected)
-            assert_array_equal(fastconv.conv2d(x, weight, b, groups=c, num_threads=threads,
-                                               activation="relu"), np.maximum(expected, 0))
+            out = None
+            if view == "out":
+                out = np.full(out_size + 1, np.nan, dtype)[1:].reshape(expected.shape)
+            got = fastconv.conv2d(x, weight, b, groups=c, num_threads=threads,
+                                  activation="relu", out=out)
+            assert_array_equal(got, np.maximum(expected, 0))
     assert_array_equal(base, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_depthwise_pointwise_streams_large_outputs(rng, dtype):
+    """A 1x1 depthwise output of POINTWISE_STREAM_BYTES or more leaves the kernel in
+    non-temporal stores between ordinary ones: the same values, planes starting anywhere
+    within a vector."""
+    n, c, h, w = 1, 37, 331, 347 if np.dtype(dtype).itemsize == 4 else 173
+    assert n * c * h * w * np.dtype(dtype).itemsize >= 16 << 20
+    x = rng.integers(-4, 5, size=(n, c, h, w)).astype(dtype)
+    weight = rng.integers(-3, 4, size=(c, 1, 1, 1)).astype(dtype)
+    bias = rng.integers(-3, 4, size=c).astype(dtype)
+    expected = (x * weight.reshape(1, c, 1, 1) + bias.reshape(1, c, 1, 1)).astype(dtype)
+    for threads in (1, 2):
+        assert_array_equal(fastconv.conv2d(x, weight, bias, groups=c, num_threads=threads),
+                           expected)
+        assert_array_equal(fastconv.conv2d(x, weight, bias, groups=c, num_threads=threads,
+                                           activation="relu"), np.maximum(expected, 0))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
