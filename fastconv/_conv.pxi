@@ -80,6 +80,8 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_transpose_f32(float *dst, Py_ssize_t ld_dst, const float *src, Py_ssize_t ld_src)
     void fc_transpose16_f32(float *dst, Py_ssize_t ld_dst, const float *src,
                             Py_ssize_t ld_src)
+    void fc_transpose16_rows_f32(float *dst, Py_ssize_t ld_dst, const float *src,
+                                 Py_ssize_t ld_src, Py_ssize_t n)
     bint fc_all_finite_f32(const float *a, Py_ssize_t n)
     bint fc_all_finite_f64(const double *a, Py_ssize_t n)
     void fc_transpose_f64(double *dst, Py_ssize_t ld_dst, const double *src, Py_ssize_t ld_src)

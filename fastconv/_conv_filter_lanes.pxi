@@ -77,11 +77,27 @@ cdef void _pack_lane_panel(const _FilterLaneJob *job, Py_ssize_t fc, Py_ssize_t 
     cdef Py_ssize_t f0 = fc * job.fvecs_per_task * lanes
     cdef Py_ssize_t f_len = min(fvecs * lanes, job.n_filters - f0)
     cdef Py_ssize_t rows = min(job.channels_per_chunk, job.channels - c0) * job.taps
-    cdef Py_ssize_t r
-    _transpose(weight + f0 * job.depth + c0 * job.taps, job.depth, f_len, rows, panel, ld)
-    if f_len < fvecs * lanes:
-        for r in range(rows):
-            memset(panel + r * ld + f_len, 0, (fvecs * lanes - f_len) * sizeof(floating))
+    cdef Py_ssize_t rows16 = rows - rows % 16
+    cdef Py_ssize_t r, r0, v, f, n
+    cdef const floating *src = weight + f0 * job.depth + c0 * job.taps
+    if floating is float:
+        if FC_TRANSPOSE16_F32 and lanes == 16:
+            # 16 x 16 blocks, a last vector of fewer filters read as zero past them (one
+            # short memset per row cost as much as the transposes)
+            for v in range(fvecs):
+                n = min(lanes, f_len - v * lanes)
+                for r0 in range(0, rows16, 16):
+                    fc_transpose16_rows_f32(panel + r0 * ld + v * lanes, ld,
+                                            src + v * lanes * job.depth + r0, job.depth, n)
+                for r in range(rows16, rows):
+                    for f in range(lanes):
+                        panel[r * ld + v * lanes + f] = (
+                            src[(v * lanes + f) * job.depth + r] if f < n else 0)
+            return
+    _transpose(src, job.depth, f_len, rows, panel, ld)
+    for r in range(rows):
+        for f in range(f_len, fvecs * lanes):
+            panel[r * ld + f] = 0
 
 
 cdef inline void _pack_shared_panel(const _FilterLaneJob *job, Py_ssize_t j,

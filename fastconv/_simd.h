@@ -350,8 +350,11 @@ typedef float fc_v16f_u __attribute__((vector_size(64), aligned(4), may_alias));
             r[i + (b)] = __builtin_shuffle(a, c, keep_hi); \
         } \
     } while (0)
-static inline void fc_transpose16_f32(float *restrict dst, Py_ssize_t ld_dst,
-                                      const float *restrict src, Py_ssize_t ld_src)
+/* fc_transpose16_f32 of the first n <= 16 rows of src, the others read as zero: dst's 16
+ * rows are written 16 wide, zero past column n. */
+static inline void fc_transpose16_rows_f32(float *restrict dst, Py_ssize_t ld_dst,
+                                           const float *restrict src, Py_ssize_t ld_src,
+                                           Py_ssize_t n)
 {
     /* lo[c] = c's bit b clear ? a[c] : c[c - b]; hi[c] = bit b clear ? a[c + b] : c[c] */
     const fc_v16i lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
@@ -364,7 +367,10 @@ static inline void fc_transpose16_f32(float *restrict dst, Py_ssize_t ld_dst,
     const fc_v16i hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
     fc_v16f r[16];
 #pragma GCC unroll 16
-    for (int i = 0; i < 16; i++) r[i] = *(const fc_v16f_u *)(src + i * ld_src);
+    for (int i = 0; i < 16; i++) {
+        r[i] = (fc_v16f){0};
+        if (i < n) r[i] = *(const fc_v16f_u *)(src + i * ld_src);
+    }
     FC_T16_STAGE(1, lo1, hi1);
     FC_T16_STAGE(2, lo2, hi2);
     FC_T16_STAGE(4, lo4, hi4);
@@ -373,6 +379,11 @@ static inline void fc_transpose16_f32(float *restrict dst, Py_ssize_t ld_dst,
     for (int i = 0; i < 16; i++) *(fc_v16f_u *)(dst + i * ld_dst) = r[i];
 }
 #undef FC_T16_STAGE
+static inline void fc_transpose16_f32(float *restrict dst, Py_ssize_t ld_dst,
+                                      const float *restrict src, Py_ssize_t ld_src)
+{
+    fc_transpose16_rows_f32(dst, ld_dst, src, ld_src, 16);
+}
 #else
 #define FC_TRANSPOSE16_F32 0
 static inline void fc_transpose16_f32(float *restrict dst, Py_ssize_t ld_dst,
@@ -381,6 +392,13 @@ static inline void fc_transpose16_f32(float *restrict dst, Py_ssize_t ld_dst,
     for (int i = 0; i < 16; i += 8)
         for (int j = 0; j < 16; j += 8)
             fc_transpose_f32(dst + j * ld_dst + i, ld_dst, src + i * ld_src + j, ld_src);
+}
+static inline void fc_transpose16_rows_f32(float *restrict dst, Py_ssize_t ld_dst,
+                                           const float *restrict src, Py_ssize_t ld_src,
+                                           Py_ssize_t n)
+{
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) dst[j * ld_dst + i] = i < n ? src[i * ld_src + j] : 0;
 }
 #endif
 
