@@ -34,9 +34,9 @@ cdef extern from "_conv_microkernel.h" nogil:
 # A 1x1 depthwise filter (_depthwise_pointwise_band) writes outputs of at least this many
 # bytes (_activation.pxi's STREAM_MIN_BYTES, measured for ReLU) in non-temporal stores, in
 # runs of at least POINTWISE_STREAM_RUN elements, one filter per channel. Measured on Zen 4,
-# 2 threads, time with / without, one filter per channel: 64 x 138 maps of 28x28 0.84-0.90,
-# 16 x 256 of 35x35 0.87-0.90, 2 x 209 of 112x112 0.84-0.87, 32 x 256 of 17x17 (runs of 289)
-# 0.97-1.0; two filters per channel, 64 x 100 of 28x28: 1.26.
+# 2 threads, time with / without, one filter per channel: 64 x 138 maps of 28x28 0.83-0.84,
+# 16 x 256 of 35x35 0.86-0.90, 2 x 209 of 112x112 0.84-0.87, 32 x 256 of 17x17 (runs of 289)
+# 0.91-0.97; two filters per channel, 64 x 100 of 28x28: 1.26-1.29.
 cdef enum:
     POINTWISE_STREAM_BYTES = 16 << 20
     POINTWISE_STREAM_RUN = 512

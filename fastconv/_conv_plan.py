@@ -552,8 +552,9 @@ DEPTHWISE_NHWC_GROUPS = 16
 # less work than starting its task and filling its slab's rows.
 DEPTHWISE_TASK_PIXELS = 2048
 # 1x1 filters read in place (DEPTHWISE_POINTWISE_PIXELS below) stream their channels: longer
-# tasks measured 0.53-0.75 of the time of 2048 pixels (Zen 4, 2 threads, 6 layers of 17x17 to
-# 56x56 planes); 65536 left too few tasks to balance (up to 1.6x).
+# tasks measured 0.53-0.75 of the time of 2048 pixels (Zen 4, 2 threads, 5 layers of 14x14 to
+# 56x56 planes; 1.14 on 10x10 planes, 16 images of 96 channels); 65536 left too few tasks to
+# balance (up to 1.6x).
 DEPTHWISE_POINTWISE_TASK_PIXELS = 16384
 # Output rows at most this wide take the channel-blocked depthwise kernel (every row in NHWC)
 # when each channel has one filter, and rows half as wide when it has more: a planar vector
