@@ -59,6 +59,8 @@ cdef extern from *:
     FC_RELU_DEFINE(double, f64, fc_vf64, fc_vf64_u, fc_vi64, FC_LANES_F64)
     """
     const char *FC_ISA_NAME
+    enum:
+        FC_STREAM_MIN_BYTES  # out-of-place results this large take streaming stores (_simd.h)
     void fc_relu_f32(float *dst, const float *src, Py_ssize_t n, int stream) nogil
     void fc_relu_f64(double *dst, const double *src, Py_ssize_t n, int stream) nogil
 
@@ -72,14 +74,6 @@ cdef enum:
 # Run serially below this many elements: waking threads costs more than it saves.
 cdef enum:
     PARALLEL_MIN_ELEMENTS = 1 << 17
-# Out-of-place results of at least this many bytes are written with streaming stores: input
-# and result then exceed a 32 MiB L3 (Zen 3's per 8 cores), and skipping the
-# read-for-ownership saves a third of the memory traffic. On this project's Zen 3 (2 threads,
-# the same call repeated): 24 MiB 1.45 -> 0.97 ms; at 9-12 MiB, which may still fit,
-# streaming was up to 1.5x slower. (glibc's sysconf reports the whole package's L3, 256 MiB
-# on that EPYC, so a fixed size serves better than a query.)
-cdef enum:
-    STREAM_MIN_BYTES = 16 << 20
 
 
 cdef extern from "_threads.h" nogil:
@@ -112,7 +106,8 @@ def relu(
         return
     src = &x[0]
     dst = &out[0]
-    stream = <const void *>src != <const void *>dst and n * sizeof(floating) >= STREAM_MIN_BYTES
+    stream = (<const void *>src != <const void *>dst
+              and n * sizeof(floating) >= FC_STREAM_MIN_BYTES)
     master_cpu = fc_current_cpu()
     with nogil, parallel(num_threads=num_threads, use_threads_if=n >= PARALLEL_MIN_ELEMENTS):
         fc_leave_master_cpu(master_cpu)  # see _threads.h

@@ -29,16 +29,17 @@ cdef extern from "_conv_microkernel.h" nogil:
                       int stream)
     void fc_scale_f64(const double *b, double *c, Py_ssize_t n, double w, double bias,
                       int relu, int stream)
+    enum:
+        FC_STREAM_MIN_BYTES
 
 
-# A 1x1 depthwise filter (_depthwise_pointwise_band) writes outputs of at least this many
-# bytes (_activation.pxi's STREAM_MIN_BYTES, measured for ReLU) in non-temporal stores, in
-# runs of at least POINTWISE_STREAM_RUN elements, one filter per channel. Measured on Zen 4,
+# A 1x1 depthwise filter (_depthwise_pointwise_band) writes outputs of at least
+# FC_STREAM_MIN_BYTES (_simd.h, measured for ReLU) in non-temporal stores, in runs of at
+# least POINTWISE_STREAM_RUN elements, one filter per channel. Measured on Zen 4,
 # 2 threads, time with / without, one filter per channel: 64 x 138 maps of 28x28 0.83-0.84,
 # 16 x 256 of 35x35 0.86-0.90, 2 x 209 of 112x112 0.84-0.87, 32 x 256 of 17x17 (runs of 289)
 # 0.91-0.97; two filters per channel, 64 x 100 of 28x28: 1.26-1.29.
 cdef enum:
-    POINTWISE_STREAM_BYTES = 16 << 20
     POINTWISE_STREAM_RUN = 512
 
 
@@ -396,7 +397,7 @@ cdef int _depthwise_forward(
     job.pointwise = pointwise and not blocked
     job.stream = (job.pointwise and per_channel == 1
                   and n_images * n_filters * out_pixels * sizeof(floating)
-                  >= POINTWISE_STREAM_BYTES)
+                  >= FC_STREAM_MIN_BYTES)
     job.skip_padding = blocked and _all_finite(weight_data, n_filters * taps)
     job.blocked, job.width = blocked, x.shape[3]
     if blocked:  # after every thread's scratch: the weights as vectors, shared by the tasks

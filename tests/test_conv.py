@@ -359,7 +359,7 @@ def test_depthwise_pointwise_reads_x_in_place(rng, n, c, h, w, view, m, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_depthwise_pointwise_streams_large_outputs(rng, dtype):
-    """A 1x1 depthwise output of POINTWISE_STREAM_BYTES or more leaves the kernel in
+    """A 1x1 depthwise output of FC_STREAM_MIN_BYTES (16 MiB) or more leaves the kernel in
     non-temporal stores between ordinary ones: the same values, planes starting anywhere
     within a vector."""
     n, c, h, w = 1, 37, 331, 347 if np.dtype(dtype).itemsize == 4 else 173
