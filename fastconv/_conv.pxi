@@ -97,6 +97,20 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_microkernel_rows_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
                                  const double *b, const Py_ssize_t *b_offset, double *c,
                                  Py_ssize_t ldc, const double *bias, int relu, int nv, int half)
+    void fc_microkernel_run_f32(Py_ssize_t depth, const float *a, const float *b,
+                                const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
+                                const float *bias, int relu, Py_ssize_t ntiles)
+    void fc_microkernel_run_f64(Py_ssize_t depth, const double *a, const double *b,
+                                const Py_ssize_t *b_offset, double *c, Py_ssize_t ldc,
+                                const double *bias, int relu, Py_ssize_t ntiles)
+    void fc_microkernel_rows_run_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
+                                     const float *b, const Py_ssize_t *b_offset, float *c,
+                                     Py_ssize_t ldc, const float *bias, int relu,
+                                     Py_ssize_t ntiles)
+    void fc_microkernel_rows_run_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
+                                     const double *b, const Py_ssize_t *b_offset, double *c,
+                                     Py_ssize_t ldc, const double *bias, int relu,
+                                     Py_ssize_t ntiles)
     void fc_microkernel_rows2_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
                                   const float *b, const Py_ssize_t *b_offset, float *c,
                                   Py_ssize_t ldc, const float *bias, int relu, int half)
@@ -243,6 +257,24 @@ cdef inline void _microkernel_rows(Py_ssize_t depth, const floating *a, Py_ssize
         fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv, half)
     else:
         fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv, half)
+
+
+cdef inline void _microkernel_run(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
+                                  const floating *b, const Py_ssize_t *b_offset, floating *c,
+                                  Py_ssize_t ldc, const floating *bias, bint relu,
+                                  Py_ssize_t ntiles) noexcept nogil:
+    """ntiles whole tiles side by side (fc_microkernel_run): a packed panel if lda is 0,
+    else FC_MR filters in place, lda apart."""
+    if floating is float:
+        if lda:
+            fc_microkernel_rows_run_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, ntiles)
+        else:
+            fc_microkernel_run_f32(depth, a, b, b_offset, c, ldc, bias, relu, ntiles)
+    else:
+        if lda:
+            fc_microkernel_rows_run_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, ntiles)
+        else:
+            fc_microkernel_run_f64(depth, a, b, b_offset, c, ldc, bias, relu, ntiles)
 
 
 cdef inline void _microkernel_rows2(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
@@ -614,6 +646,22 @@ cdef inline Py_ssize_t _row_offset(const _GemmJob *job, Py_ssize_t j0,
     return row * job.out_w + col if col + width <= job.out_w else -1
 
 
+cdef inline Py_ssize_t _tile_run(const _GemmJob *job, Py_ssize_t j0, Py_ssize_t end,
+                                 bint to_out, bint row_tiles, Py_ssize_t lanes) noexcept nogil:
+    """How many tiles from pixel j0 of a sweep to ``end`` _gemm_tile computes in one call:
+    the whole tiles of FC_NV vectors that _tile_vectors gives from there (1 if fewer than
+    two). They lie inside the band, so they read x in place (direct) as a single tile there
+    would; but not where each tile has its own panel, nor where tiles written to the output
+    (to_out) could straddle two of its rows (junk columns, not tiled row by row)."""
+    cdef Py_ssize_t rest = (end - j0 + lanes - 1) // lanes
+    cdef Py_ssize_t n = (rest - FC_NV) // FC_NV if rest >= 2 * FC_NV else 0
+    if rest - n * FC_NV == FC_NV and (end - j0) % lanes == 0:  # the last tile is whole too
+        n = n + 1
+    if n < 2 or job.panels or (to_out and not row_tiles and job.pitch != job.out_w):
+        return 1
+    return n
+
+
 cdef void _copy_staged_tiles(const _GemmJob *job, const floating *stage, Py_ssize_t q_len,
                              bint all_tiles, floating *out_plane,
                              Py_ssize_t lanes) noexcept nogil:
@@ -642,14 +690,16 @@ cdef inline void _gemm_tile(
         const _GemmJob *job, const floating *x_chunk, floating *slab, floating *stage,
         Py_ssize_t g, Py_ssize_t fb, Py_ssize_t fb0, Py_ssize_t c0, Py_ssize_t cc,
         Py_ssize_t oh0, Py_ssize_t tiles_end, Py_ssize_t j0, int nv, bint half,
-        bint relu, bint pair, floating *out_band, Py_ssize_t out_end) noexcept nogil:
+        bint relu, bint pair, floating *out_band, Py_ssize_t out_end,
+        Py_ssize_t ntiles) noexcept nogil:
     """One micro-kernel call of _gemm_task: block fb of MR filters x the tile of nv vectors
     at pixel j0, over channels c0 .. c0 + cc, into the staged tile, or straight into the
     output (out_band != NULL: the band's rows in the group's first output plane) if its
     blocks hold real filters only and the tile lies within the band's whole tiles (no junk
     columns, j0 < out_end) or within one output row (_row_offset). pair:
     blocks fb and fb + 1 (both read in place) x one vector (nv = 1), in one call. half: the
-    tile's last vector is a half vector (_half_tail)."""
+    tile's last vector is a half vector (_half_tail). ntiles > 1: that many whole tiles of
+    FC_NV vectors from j0 (_tile_run), in one call."""
     cdef const floating *filters = <const floating *>job.filters
     cdef const floating *packed = <const floating *>job.packed
     cdef const floating *packed_bias = <const floating *>job.packed_bias
@@ -666,15 +716,24 @@ cdef inline void _gemm_tile(
         if job.pitch == job.out_w:  # no junk columns: any whole tile of the band
             at = j0 if j0 < out_end else -1
         else:  # the pixels the tile writes: a half vector writes half its lanes
-            at = _row_offset(job, j0, _tile_width(nv, half, FC_LANES_F32 if floating is float
-                                                  else FC_LANES_F64))
+            at = _row_offset(job, j0, ntiles * _tile_width(
+                nv, half, FC_LANES_F32 if floating is float else FC_LANES_F64))
     if at >= 0:
         c = out_band + fb * FC_MR * job.out_pixels + at
         ldc = job.out_pixels
     # The block's filters in place (valid for fb < inplace_blocks)
     cdef const floating *in_place = (filters + (g * job.filters_per_group + fb * FC_MR) * depth
                                      + c0 * taps)
-    if pair:
+    if ntiles > 1:
+        if fb < job.inplace_blocks:
+            _microkernel_run(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu,
+                             ntiles)
+        else:
+            _microkernel_run(cc * taps,
+                             packed + ((g * job.packed_blocks + fb - job.inplace_blocks) * depth
+                                       + c0 * taps) * FC_MR,
+                             0, b, b_rows, c, ldc, bias_ptr, relu, ntiles)
+    elif pair:
         _microkernel_rows2(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu, half)
     elif fb < job.inplace_blocks:
         _microkernel_rows(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu, nv,
@@ -776,7 +835,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     cdef const Py_ssize_t *b_rows
     cdef const floating *x_chunk
     cdef bint last, pair, half, row_tiles = False
-    cdef Py_ssize_t row, row_start
+    cdef Py_ssize_t row, row_start, run
     rb = task % row_blocks
     fc = (task // row_blocks) % fchunks
     g = (task // (row_blocks * fchunks)) % groups
@@ -858,7 +917,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 pair = fb + 1 < fb1 and fb + 1 < job.inplace_blocks
                 _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
                            0, 1, _half_tail(0, q_len, 1, lanes), relu and last, pair,
-                           out_band, out_end)
+                           out_band, out_end, 1)
                 fb = fb + 1 + pair
         elif band_bytes <= L1_SLAB_BYTES or out_band != NULL:
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
@@ -871,19 +930,22 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                         j0 = row_start
                         while j0 < row_start + job.out_w:
                             nv = _tile_vectors(j0 - row_start, job.out_w, lanes)
+                            run = _tile_run(job, j0, row_start + job.out_w, True, True,
+                                            lanes)
                             _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0,
                                        tiles_end, j0, nv,
                                        _half_tail(j0 - row_start, job.out_w, nv, lanes),
-                                       relu and last, False, out_band, out_end)
-                            j0 = j0 + nv * lanes
+                                       relu and last, False, out_band, out_end, run)
+                            j0 = j0 + run * nv * lanes
                     continue
                 j0 = 0
                 while j0 < q_len:
                     nv = _tile_vectors(j0, q_len, lanes)
+                    run = _tile_run(job, j0, q_len, out_band != NULL, False, lanes)
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
                                j0, nv, _half_tail(j0, q_len, nv, lanes), relu and last, False,
-                               out_band, out_end)
-                    j0 = j0 + nv * lanes
+                               out_band, out_end, run)
+                    j0 = j0 + run * nv * lanes
         else:
             # Per tile of pixels, every block of filters: the tile's input window stays in L1.
             j0 = 0
@@ -895,7 +957,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 half = _half_tail(j0, q_len, nv, lanes)
                 for fb in range(fb0, fb1):
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               j0, nv, half, relu and last, False, NULL, 0)
+                               j0, nv, half, relu and last, False, NULL, 0, 1)
                 j0 = j0 + nv * lanes
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.

@@ -1702,6 +1702,36 @@ def test_shallow_rows_written_in_place(rng, n, c, h, w, f, kernel, kwargs, dtype
     assert_exact_everywhere(x, weight, b, expected, **kwargs)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("c, h, width, f, kernel, kwargs", [
+    # Shallow rows tiled row by row: whole tiles, then what is left
+    (3, 5, lambda nr, lanes: 3 * nr, 20, (3, 3), dict(padding=1)),
+    (3, 5, lambda nr, lanes: 3 * nr + lanes // 2, 16, (3, 3), dict(padding=1)),
+    (2, 4, lambda nr, lanes: 2 * nr + lanes, 16, (3, 3), dict(padding=1)),
+    (3, 5, lambda nr, lanes: 2 * nr - lanes // 2, 16, (3, 3), dict(padding=1)),  # last: half
+    # 1x1 read in place: whole tiles up to the band's partial last one
+    (5, 3, lambda nr, lanes: 2 * nr + 3, 16, (1, 1), {}),
+    (5, 1, lambda nr, lanes: 2 * nr - 3, 16, (1, 1), {}),
+    (5, 2, lambda nr, lanes: 4 * nr, 12, (1, 1), {}),
+    (40, 3, lambda nr, lanes: 3 * nr + 1, 16, (1, 1), {}),      # deeper: staged
+    # Junk columns, deep chunks: whole tiles of the band into the staged tile
+    (24, 6, lambda nr, lanes: 2 * nr - 1, 16, (3, 3), dict(padding=1)),
+])
+def test_runs_of_whole_tiles(rng, c, h, width, f, kernel, kwargs, dtype):
+    """A run of whole tiles under one block of filters is one micro-kernel call (_tile_run):
+    rows and bands of whole tiles, ending in a whole tile, a half vector, a partial tile, and
+    reading x in place up to where the band's last tile would read past it. Exact for any
+    thread count, with ReLU, in NHWC, through a view and into a NaN-filled out=."""
+    kernels = fastconv.conv._kernels
+    lanes = kernels.LANES_FLOAT32 if dtype == np.float32 else kernels.LANES_FLOAT64
+    nr = kernels.NR_FLOAT32 if dtype == np.float32 else kernels.NR_FLOAT64
+    w = width(nr, lanes)
+    x, weight, b = make_inputs(rng, n=2, c=c, h=h, w=w, f=f, kernel=kernel, integer=True,
+                               dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+
+
 @pytest.mark.parametrize("path", ["lanes", "depthwise"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_skipped_padding_taps_keep_non_finite_weights(rng, filter_lanes_everywhere, path, bad):
