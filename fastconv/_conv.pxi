@@ -87,30 +87,36 @@ cdef extern from "_conv_microkernel.h" nogil:
     void fc_transpose_f64(double *dst, Py_ssize_t ld_dst, const double *src, Py_ssize_t ld_src)
     void fc_microkernel_f32(Py_ssize_t depth, const float *a, const float *b,
                             const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
-                            const float *bias, int relu, int nv, int half)
+                            const float *c_in, Py_ssize_t ldc_in, const float *bias, int relu,
+                            int nv, int half)
     void fc_microkernel_f64(Py_ssize_t depth, const double *a, const double *b,
                             const Py_ssize_t *b_offset, double *c, Py_ssize_t ldc,
-                            const double *bias, int relu, int nv, int half)
+                            const double *c_in, Py_ssize_t ldc_in, const double *bias, int relu,
+                            int nv, int half)
     void fc_microkernel_rows_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
                                  const float *b, const Py_ssize_t *b_offset, float *c,
-                                 Py_ssize_t ldc, const float *bias, int relu, int nv, int half)
+                                 Py_ssize_t ldc, const float *c_in, Py_ssize_t ldc_in,
+                                 const float *bias, int relu, int nv, int half)
     void fc_microkernel_rows_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
                                  const double *b, const Py_ssize_t *b_offset, double *c,
-                                 Py_ssize_t ldc, const double *bias, int relu, int nv, int half)
+                                 Py_ssize_t ldc, const double *c_in, Py_ssize_t ldc_in,
+                                 const double *bias, int relu, int nv, int half)
     void fc_microkernel_run_f32(Py_ssize_t depth, const float *a, const float *b,
                                 const Py_ssize_t *b_offset, float *c, Py_ssize_t ldc,
-                                const float *bias, int relu, Py_ssize_t ntiles)
+                                const float *c_in, Py_ssize_t ldc_in, const float *bias, int relu,
+                                Py_ssize_t ntiles)
     void fc_microkernel_run_f64(Py_ssize_t depth, const double *a, const double *b,
                                 const Py_ssize_t *b_offset, double *c, Py_ssize_t ldc,
-                                const double *bias, int relu, Py_ssize_t ntiles)
+                                const double *c_in, Py_ssize_t ldc_in, const double *bias, int relu,
+                                Py_ssize_t ntiles)
     void fc_microkernel_rows_run_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
                                      const float *b, const Py_ssize_t *b_offset, float *c,
-                                     Py_ssize_t ldc, const float *bias, int relu,
-                                     Py_ssize_t ntiles)
+                                     Py_ssize_t ldc, const float *c_in, Py_ssize_t ldc_in,
+                                     const float *bias, int relu, Py_ssize_t ntiles)
     void fc_microkernel_rows_run_f64(Py_ssize_t depth, const double *a, Py_ssize_t lda,
                                      const double *b, const Py_ssize_t *b_offset, double *c,
-                                     Py_ssize_t ldc, const double *bias, int relu,
-                                     Py_ssize_t ntiles)
+                                     Py_ssize_t ldc, const double *c_in, Py_ssize_t ldc_in,
+                                     const double *bias, int relu, Py_ssize_t ntiles)
     void fc_microkernel_rows2_f32(Py_ssize_t depth, const float *a, Py_ssize_t lda,
                                   const float *b, const Py_ssize_t *b_offset, float *c,
                                   Py_ssize_t ldc, const float *bias, int relu, int half)
@@ -239,42 +245,49 @@ def array_key(*arrays):
     return (<char *>fields)[:n * sizeof(Py_ssize_t)]
 
 
-cdef inline void _microkernel(Py_ssize_t depth, const floating *a, const floating *b,
-                              const Py_ssize_t *b_offset, floating *c, Py_ssize_t ldc,
+cdef inline void _microkernel(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
+                              const floating *b, const Py_ssize_t *b_offset, floating *c,
+                              Py_ssize_t ldc, const floating *c_in, Py_ssize_t ldc_in,
                               const floating *bias, bint relu, int nv,
                               bint half) noexcept nogil:
+    """One tile (fc_microkernel): a packed panel if lda is 0, else FC_MR filters in place,
+    lda apart (fc_microkernel_rows)."""
     if floating is float:
-        fc_microkernel_f32(depth, a, b, b_offset, c, ldc, bias, relu, nv, half)
+        if lda:
+            fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, c_in, ldc_in, bias,
+                                    relu, nv, half)
+        else:
+            fc_microkernel_f32(depth, a, b, b_offset, c, ldc, c_in, ldc_in, bias, relu, nv,
+                               half)
     else:
-        fc_microkernel_f64(depth, a, b, b_offset, c, ldc, bias, relu, nv, half)
-
-
-cdef inline void _microkernel_rows(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
-                                   const floating *b, const Py_ssize_t *b_offset, floating *c,
-                                   Py_ssize_t ldc, const floating *bias, bint relu,
-                                   int nv, bint half) noexcept nogil:
-    if floating is float:
-        fc_microkernel_rows_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv, half)
-    else:
-        fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, nv, half)
+        if lda:
+            fc_microkernel_rows_f64(depth, a, lda, b, b_offset, c, ldc, c_in, ldc_in, bias,
+                                    relu, nv, half)
+        else:
+            fc_microkernel_f64(depth, a, b, b_offset, c, ldc, c_in, ldc_in, bias, relu, nv,
+                               half)
 
 
 cdef inline void _microkernel_run(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
                                   const floating *b, const Py_ssize_t *b_offset, floating *c,
-                                  Py_ssize_t ldc, const floating *bias, bint relu,
+                                  Py_ssize_t ldc, const floating *c_in, Py_ssize_t ldc_in,
+                                  const floating *bias, bint relu,
                                   Py_ssize_t ntiles) noexcept nogil:
-    """ntiles whole tiles side by side (fc_microkernel_run): a packed panel if lda is 0,
-    else FC_MR filters in place, lda apart."""
+    """ntiles whole tiles side by side (fc_microkernel_run), a and lda as _microkernel's."""
     if floating is float:
         if lda:
-            fc_microkernel_rows_run_f32(depth, a, lda, b, b_offset, c, ldc, bias, relu, ntiles)
+            fc_microkernel_rows_run_f32(depth, a, lda, b, b_offset, c, ldc, c_in, ldc_in,
+                                        bias, relu, ntiles)
         else:
-            fc_microkernel_run_f32(depth, a, b, b_offset, c, ldc, bias, relu, ntiles)
+            fc_microkernel_run_f32(depth, a, b, b_offset, c, ldc, c_in, ldc_in, bias, relu,
+                                   ntiles)
     else:
         if lda:
-            fc_microkernel_rows_run_f64(depth, a, lda, b, b_offset, c, ldc, bias, relu, ntiles)
+            fc_microkernel_rows_run_f64(depth, a, lda, b, b_offset, c, ldc, c_in, ldc_in,
+                                        bias, relu, ntiles)
         else:
-            fc_microkernel_run_f64(depth, a, b, b_offset, c, ldc, bias, relu, ntiles)
+            fc_microkernel_run_f64(depth, a, b, b_offset, c, ldc, c_in, ldc_in, bias, relu,
+                                   ntiles)
 
 
 cdef inline void _microkernel_rows2(Py_ssize_t depth, const floating *a, Py_ssize_t lda,
@@ -574,7 +587,7 @@ ctypedef struct _GemmJob:
     Py_ssize_t groups, filters_per_group, n_filters
     Py_ssize_t fchunks, fblocks, fblocks_per_task, inplace_blocks, packed_blocks
     Py_ssize_t depth, taps, nr, stage_pitch, out_pixels, pooled_pixels, pool, wrap
-    bint direct, panels, one_filter, relu, channels_last, out_direct
+    bint direct, panels, one_filter, relu, channels_last, out_direct, out_sweep
 
 
 cdef inline (const floating *, const Py_ssize_t *) _tile_input(
@@ -718,31 +731,31 @@ cdef inline void _gemm_tile(
         else:  # the pixels the tile writes: a half vector writes half its lanes
             at = _row_offset(job, j0, ntiles * _tile_width(
                 nv, half, FC_LANES_F32 if floating is float else FC_LANES_F64))
+    # The partial sums come from where the tile goes, except that a last chunk written to
+    # the output over deep chunks (not job.out_sweep) takes them from the staged tile.
+    cdef const floating *c_in = c
+    cdef Py_ssize_t ldc_in = ldc
     if at >= 0:
         c = out_band + fb * FC_MR * job.out_pixels + at
         ldc = job.out_pixels
-    # The block's filters in place (valid for fb < inplace_blocks)
-    cdef const floating *in_place = (filters + (g * job.filters_per_group + fb * FC_MR) * depth
-                                     + c0 * taps)
+        if job.out_sweep:
+            c_in, ldc_in = c, ldc
+    # The block's filters in place (valid for fb < inplace_blocks), else its packed panel
+    cdef const floating *a = (filters + (g * job.filters_per_group + fb * FC_MR) * depth
+                              + c0 * taps)
+    cdef Py_ssize_t lda = depth
+    if fb >= job.inplace_blocks:
+        a = packed + ((g * job.packed_blocks + fb - job.inplace_blocks) * depth
+                      + c0 * taps) * FC_MR
+        lda = 0
     if ntiles > 1:
-        if fb < job.inplace_blocks:
-            _microkernel_run(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu,
-                             ntiles)
-        else:
-            _microkernel_run(cc * taps,
-                             packed + ((g * job.packed_blocks + fb - job.inplace_blocks) * depth
-                                       + c0 * taps) * FC_MR,
-                             0, b, b_rows, c, ldc, bias_ptr, relu, ntiles)
-    elif pair:
-        _microkernel_rows2(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu, half)
-    elif fb < job.inplace_blocks:
-        _microkernel_rows(cc * taps, in_place, depth, b, b_rows, c, ldc, bias_ptr, relu, nv,
-                          half)
+        _microkernel_run(cc * taps, a, lda, b, b_rows, c, ldc, c_in, ldc_in, bias_ptr, relu,
+                         ntiles)
+    elif pair:  # (only job.out_sweep passes out_band here: rows2 reads C where it goes)
+        _microkernel_rows2(cc * taps, a, depth, b, b_rows, c, ldc, bias_ptr, relu, half)
     else:
-        _microkernel(cc * taps,
-                     packed + ((g * job.packed_blocks + fb - job.inplace_blocks) * depth
-                               + c0 * taps) * FC_MR,
-                     b, b_rows, c, ldc, bias_ptr, relu, nv, half)
+        _microkernel(cc * taps, a, lda, b, b_rows, c, ldc, c_in, ldc_in, bias_ptr, relu, nv,
+                     half)
 
 
 cdef void _gather_panels(
@@ -836,6 +849,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
     cdef const floating *x_chunk
     cdef bint last, pair, half, row_tiles = False
     cdef Py_ssize_t row, row_start, run
+    cdef floating *tile_out
     rb = task % row_blocks
     fc = (task // row_blocks) % fchunks
     g = (task // (row_blocks * fchunks)) % groups
@@ -849,7 +863,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         q_len = n_stacked * job.out_h * job.out_w
     fb0 = fc * job.fblocks_per_task
     fb1 = min(fb0 + job.fblocks_per_task, fblocks)
-    if job.out_direct and n_stacked == 0 and job.channels_per_chunk * taps <= OUT_SWEEP_DEPTH:
+    if job.out_sweep and n_stacked == 0:
         # Whole tiles accumulate in the output (see _gemm_forward), each block of filters
         # sweeping the band: its MR output rows written in order, not a staged tile of all
         # the task's filters written per tile and copied out. (Tiles written straight to
@@ -862,11 +876,18 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         # row by row: every tile then lies in one output row and goes straight to it.
         row_tiles = (job.pitch != job.out_w and not job.direct
                      and _whole_vectors(job.out_w, lanes))
+    elif job.out_direct and n_stacked == 0 and job.pitch == job.out_w and q_len > lanes:
+        # Deep chunks, no junk columns: the last chunk's whole tiles go to the output, their
+        # partial sums read from the staged tile; the earlier chunks stay staged.
+        out_band = (<floating *>job.out + (n * job.n_filters + g * job.filters_per_group)
+                    * job.out_pixels + oh0 * job.out_w)
+        out_end = _whole_tiles_end(q_len, lanes)
     c0 = 0
     while c0 < in_per_group:
         cc = min(job.channels_per_chunk, in_per_group - c0)
         x_chunk = x_data + n * sn + (g * in_per_group + c0) * sc
         last = c0 + cc == in_per_group
+        tile_out = out_band if job.out_sweep or last else NULL  # where tiles may go out
         tiles_end = 0
         band_bytes = cc * job.phases * job.slab_channel * <Py_ssize_t>sizeof(floating)
         if n_stacked and job.direct:
@@ -917,9 +938,9 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 pair = fb + 1 < fb1 and fb + 1 < job.inplace_blocks
                 _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
                            0, 1, _half_tail(0, q_len, 1, lanes), relu and last, pair,
-                           out_band, out_end, 1)
+                           out_band if job.out_sweep else NULL, out_end, 1)
                 fb = fb + 1 + pair
-        elif band_bytes <= L1_SLAB_BYTES or out_band != NULL:
+        elif band_bytes <= L1_SLAB_BYTES or (job.out_sweep and out_band != NULL):
             # The chunk's slab fits L1 next to one block's weights: sweep the band once per
             # block of filters, and each block's weights stay in L1 (deep, small maps). Tiles
             # written straight to the output go this way too (see out_band above).
@@ -935,16 +956,16 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                             _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0,
                                        tiles_end, j0, nv,
                                        _half_tail(j0 - row_start, job.out_w, nv, lanes),
-                                       relu and last, False, out_band, out_end, run)
+                                       relu and last, False, tile_out, out_end, run)
                             j0 = j0 + run * nv * lanes
                     continue
                 j0 = 0
                 while j0 < q_len:
                     nv = _tile_vectors(j0, q_len, lanes)
-                    run = _tile_run(job, j0, q_len, out_band != NULL, False, lanes)
+                    run = _tile_run(job, j0, q_len, tile_out != NULL, False, lanes)
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
                                j0, nv, _half_tail(j0, q_len, nv, lanes), relu and last, False,
-                               out_band, out_end, run)
+                               tile_out, out_end, run)
                     j0 = j0 + run * nv * lanes
         else:
             # Per tile of pixels, every block of filters: the tile's input window stays in L1.
@@ -957,7 +978,7 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
                 half = _half_tail(j0, q_len, nv, lanes)
                 for fb in range(fb0, fb1):
                     _gemm_tile(job, x_chunk, slab, stage, g, fb, fb0, c0, cc, oh0, tiles_end,
-                               j0, nv, half, relu and last, False, NULL, 0, 1)
+                               j0, nv, half, relu and last, False, tile_out, out_end, 1)
                 j0 = j0 + nv * lanes
         c0 = c0 + cc
     # Copy the staged tile out, dropping the junk columns past out_w.
@@ -1129,6 +1150,7 @@ cdef int _gemm_forward(
     job.out_direct = (not channels_last and pool == 1 and not one_filter
                       and images_per_task == 0
                       and (pitch == out_w or out_w >= 3 * nr or _whole_vectors(out_w, lanes)))
+    job.out_sweep = job.out_direct and channels_per_chunk * taps <= OUT_SWEEP_DEPTH
     job.pooled_pixels, job.pool, job.wrap = pooled_pixels, pool, wrap
     job.direct, job.panels, job.one_filter, job.relu, job.channels_last = (
         direct, panels, one_filter, relu, channels_last)

@@ -4,7 +4,8 @@
 /* Row r of B starts at b + b_offset[r] (rows are windows into the input slab).
  * Weight (r, i) is a[r * a_row + i * a_filter]: a packed panel (a_row = FC_MR, a_filter = 1)
  * or the filters' own rows (a_row = 1, a_filter = the filter length), which spares packing.
- * bias != NULL: start from bias[i] (first reduction block); else from C (later blocks).
+ * bias != NULL: start from bias[i] (first reduction block); else from c_in, rows ldc_in
+ * apart (later blocks: the partial sums, where C goes or staged elsewhere).
  * relu: clamp negatives to 0 after the last block; NaN stays NaN (x < 0 is false for NaN).
  * nv vectors of pixels; half (FC_HALF_TAIL only): the last of them is a half vector, which
  * reads and writes its first FC_LANES / 2 pixels only. */
@@ -16,8 +17,8 @@
 static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
     const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int nv,
-    const int half)
+    FC_T *c, Py_ssize_t ldc, const FC_T *c_in, Py_ssize_t ldc_in,
+    const FC_T *restrict bias, int relu, const int nv, const int half)
 {
     const int nf = nv - half;  /* full vectors */
     FC_V acc[FC_MR][FC_NV];
@@ -36,8 +37,8 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
         for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
             for (int v = 0; v < nf; v++)
-                acc[i][v] = *(const FC_VU *)(c + i * ldc + v * FC_LANES);
-            FC_IF_HALF(acch[i] = *(const FC_HU *)(c + i * ldc + nf * FC_LANES););
+                acc[i][v] = *(const FC_VU *)(c_in + i * ldc_in + v * FC_LANES);
+            FC_IF_HALF(acch[i] = *(const FC_HU *)(c_in + i * ldc_in + nf * FC_LANES););
         }
     }
     /* Two reduction steps per iteration: measured 2-7% faster over 16 layers, float32 and
@@ -85,14 +86,15 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
 static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_nv)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
     const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv, int half)
+    FC_T *c, Py_ssize_t ldc, const FC_T *c_in, Py_ssize_t ldc_in,
+    const FC_T *restrict bias, int relu, int nv, int half)
 {
 #if FC_NV > 3
 #error "fc_microkernel_nv is written for FC_NV <= 3"
 #endif
 #define FC_BODY(nv_const, half_const) \
-    FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, bias, relu, \
-                                 nv_const, half_const)
+    FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, c_in, \
+                                 ldc_in, bias, relu, nv_const, half_const)
 #if FC_HALF_TAIL
     if (half) {
         switch (nv) {
@@ -118,19 +120,21 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_nv)(
 /* A packed panel: weight (r, i) at a[r * FC_MR + i]; nv vectors of pixels (see above). */
 static inline void FC_NAME(fc_microkernel)(
     Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
-    const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv, int half)
+    const Py_ssize_t *restrict b_offset, FC_T *c, Py_ssize_t ldc, const FC_T *c_in,
+    Py_ssize_t ldc_in, const FC_T *restrict bias, int relu, int nv, int half)
 {
-    FC_NAME(fc_microkernel_nv)(depth, a, FC_MR, 1, b, b_offset, c, ldc, bias, relu, nv, half);
+    FC_NAME(fc_microkernel_nv)(depth, a, FC_MR, 1, b, b_offset, c, ldc, c_in, ldc_in, bias,
+                               relu, nv, half);
 }
 
 /* FC_MR whole filters in place: weight (r, i) at a[i * lda + r]. */
 static inline void FC_NAME(fc_microkernel_rows)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
-    const Py_ssize_t *restrict b_offset,
-    FC_T *restrict c, Py_ssize_t ldc, const FC_T *restrict bias, int relu, int nv, int half)
+    const Py_ssize_t *restrict b_offset, FC_T *c, Py_ssize_t ldc, const FC_T *c_in,
+    Py_ssize_t ldc_in, const FC_T *restrict bias, int relu, int nv, int half)
 {
-    FC_NAME(fc_microkernel_nv)(depth, a, 1, lda, b, b_offset, c, ldc, bias, relu, nv, half);
+    FC_NAME(fc_microkernel_nv)(depth, a, 1, lda, b, b_offset, c, ldc, c_in, ldc_in, bias, relu,
+                               nv, half);
 }
 
 /* ntiles whole tiles of FC_NV vectors side by side, tile t reading b + t * FC_NV * FC_LANES
@@ -140,20 +144,21 @@ static inline void FC_NAME(fc_microkernel_rows)(
 #define FC_RUN_BODY(a_row, a_filter)                                                        \
     for (Py_ssize_t t = 0; t < ntiles; t++)                                                 \
         FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b + t * FC_NV * FC_LANES,  \
-                                     b_offset, c + t * FC_NV * FC_LANES, ldc, bias, relu,   \
+                                     b_offset, c + t * FC_NV * FC_LANES, ldc,               \
+                                     c_in + t * FC_NV * FC_LANES, ldc_in, bias, relu,       \
                                      FC_NV, 0)
 static inline void FC_NAME(fc_microkernel_run)(
     Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
-    const Py_ssize_t *restrict b_offset, FC_T *restrict c, Py_ssize_t ldc,
-    const FC_T *restrict bias, int relu, Py_ssize_t ntiles)
+    const Py_ssize_t *restrict b_offset, FC_T *c, Py_ssize_t ldc, const FC_T *c_in,
+    Py_ssize_t ldc_in, const FC_T *restrict bias, int relu, Py_ssize_t ntiles)
 {
     FC_RUN_BODY(FC_MR, 1);
 }
 
 static inline void FC_NAME(fc_microkernel_rows_run)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
-    const Py_ssize_t *restrict b_offset, FC_T *restrict c, Py_ssize_t ldc,
-    const FC_T *restrict bias, int relu, Py_ssize_t ntiles)
+    const Py_ssize_t *restrict b_offset, FC_T *c, Py_ssize_t ldc, const FC_T *c_in,
+    Py_ssize_t ldc_in, const FC_T *restrict bias, int relu, Py_ssize_t ntiles)
 {
     FC_RUN_BODY(1, lda);
 }

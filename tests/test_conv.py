@@ -1732,6 +1732,28 @@ def test_runs_of_whole_tiles(rng, c, h, width, f, kernel, kwargs, dtype):
     assert_exact_everywhere(x, weight, b, expected, **kwargs)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    (1, 300, 3, 40, 20, (1, 1), {}),                   # a partial block, a partial last tile
+    (1, 200, 1, 12, 16, (1, 1), {}),                   # a band of one vector or less
+    (1, 200, 1, 16, 16, (1, 1), {}),
+    (1, 200, 2, 4, 16, (1, 1), {}),
+    (2, 600, 7, 7, 24, (1, 1), {}),
+    (1, 300, 10, 30, 16, (1, 1), dict(stride=2)),      # strided: through the slab
+    (1, 100, 12, 40, 16, (3, 1), dict(padding=(1, 0))),  # taps down the columns only
+    (1, 160, 6, 50, 32, (1, 1), dict(groups=2)),
+])
+def test_deep_chunks_end_in_the_output(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """Layers without junk columns whose reduction takes several chunks of channels keep
+    their partial sums in the staged tile and write the last chunk's whole tiles straight
+    to the output (its partial sums read from the stage); the rest is copied out. Exact for
+    any thread count, with ReLU, in NHWC, through a view and into a NaN-filled out=."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+
+
 @pytest.mark.parametrize("path", ["lanes", "depthwise"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_skipped_padding_taps_keep_non_finite_weights(rng, filter_lanes_everywhere, path, bad):
