@@ -18,7 +18,8 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
     const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
     FC_T *c, Py_ssize_t ldc, const FC_T *c_in, Py_ssize_t ldc_in,
-    const FC_T *restrict bias, int relu, const int nv, const int half)
+    const FC_T *restrict bias, int relu, const int nv, const int half,
+    const unsigned *restrict cmask, const Py_ssize_t *restrict coff, int crows)
 {
     const int nf = nv - half;  /* full vectors */
     FC_V acc[FC_MR][FC_NV];
@@ -72,6 +73,31 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
             FC_IF_HALF(acch[i] = (FC_H)((FC_HI)acch[i] & ~(FC_HI)(acch[i] < (FC_H){0})););
         }
     }
+    if (cmask) {  /* see fc_microkernel_compress */
+        unsigned mask[FC_NV];
+        Py_ssize_t off[FC_NV];  /* read once: the stores below might alias them */
+#pragma GCC unroll 4
+        for (int v = 0; v < nf; v++) {
+            mask[v] = cmask[v];
+            off[v] = coff[v];
+        }
+#pragma GCC unroll 16
+        for (int i = 0; i < FC_MR; i++) {
+            if (i < crows) {
+#pragma GCC unroll 4
+                for (int v = 0; v < nf; v++) {
+#if FC_COMPRESS
+                    FC_NAME(FC_COMPRESS_STORE)(c + i * ldc + off[v], mask[v], acc[i][v]);
+#else
+                    FC_T *p = c + i * ldc + off[v];
+                    for (int l = 0, k = 0; l < FC_LANES; l++)
+                        if (mask[v] >> l & 1) p[k++] = acc[i][v][l];
+#endif
+                }
+            }
+        }
+        return;
+    }
 #pragma GCC unroll 16
     for (int i = 0; i < FC_MR; i++) {
 #pragma GCC unroll 4
@@ -94,7 +120,7 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_nv)(
 #endif
 #define FC_BODY(nv_const, half_const) \
     FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b, b_offset, c, ldc, c_in, \
-                                 ldc_in, bias, relu, nv_const, half_const)
+                                 ldc_in, bias, relu, nv_const, half_const, NULL, NULL, 0)
 #if FC_HALF_TAIL
     if (half) {
         switch (nv) {
@@ -146,7 +172,7 @@ static inline void FC_NAME(fc_microkernel_rows)(
         FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b + t * FC_NV * FC_LANES,  \
                                      b_offset, c + t * FC_NV * FC_LANES, ldc,               \
                                      c_in + t * FC_NV * FC_LANES, ldc_in, bias, relu,       \
-                                     FC_NV, 0)
+                                     FC_NV, 0, NULL, NULL, 0)
 static inline void FC_NAME(fc_microkernel_run)(
     Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
     const Py_ssize_t *restrict b_offset, FC_T *c, Py_ssize_t ldc, const FC_T *c_in,
@@ -163,6 +189,42 @@ static inline void FC_NAME(fc_microkernel_rows_run)(
     FC_RUN_BODY(1, lda);
 }
 #undef FC_RUN_BODY
+
+/* ntiles tiles of nv whole vectors (ntiles > 1: nv = FC_NV) whose pixels run over slab rows
+ * with junk columns, written straight to the output: vector k's real lanes (cmask[k]) packed
+ * to consecutive outputs from c + coff[k] (a band's real pixels are consecutive in an output
+ * plane), for the block's first crows filters only (the others are padding). Tile t reads b
+ * and c_in + t * FC_NV * FC_LANES and vectors k = t * nv .. of cmask / coff. Weights: a
+ * packed panel if lda is 0, else FC_MR filters in place, lda apart; C in as fc_microkernel's.
+ * Register compress and masked stores at AVX-512 (FC_COMPRESS), lane by lane below it. */
+static inline void FC_NAME(fc_microkernel_compress)(
+    Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t lda, const FC_T *restrict b,
+    const Py_ssize_t *restrict b_offset, FC_T *c, Py_ssize_t ldc, const FC_T *c_in,
+    Py_ssize_t ldc_in, const FC_T *restrict bias, int relu, int nv,
+    const unsigned *restrict cmask, const Py_ssize_t *restrict coff, int crows,
+    Py_ssize_t ntiles)
+{
+#define FC_CBODY(a_row, a_filter, nv_const)                                                  \
+    for (Py_ssize_t t = 0; t < ntiles; t++)                                                 \
+        FC_NAME(fc_microkernel_body)(depth, a, a_row, a_filter, b + t * FC_NV * FC_LANES,  \
+                                     b_offset, c, ldc, c_in + t * FC_NV * FC_LANES, ldc_in,  \
+                                     bias, relu, nv_const, 0, cmask + t * nv_const,          \
+                                     coff + t * nv_const, crows)
+    if (lda) {
+        if (nv == FC_NV) FC_CBODY(1, lda, FC_NV);
+#if FC_NV == 3
+        else if (nv == 2) FC_CBODY(1, lda, 2);
+#endif
+        else FC_CBODY(1, lda, 1);
+    } else {
+        if (nv == FC_NV) FC_CBODY(FC_MR, 1, FC_NV);
+#if FC_NV == 3
+        else if (nv == 2) FC_CBODY(FC_MR, 1, 2);
+#endif
+        else FC_CBODY(FC_MR, 1, 1);
+    }
+#undef FC_CBODY
+}
 
 /* 2 * FC_MR whole filters in place (two blocks: weight (r, i) at a[i * lda + r]) x one
  * vector of pixels (half: a half vector, FC_HALF_TAIL only). A band of a single vector (tiny

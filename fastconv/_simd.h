@@ -77,6 +77,21 @@ typedef double fc_hf64_u __attribute__((vector_size(FC_VEC_BYTES / 2), aligned(8
 #define FC_STREAM_FENCE() ((void)0)
 #endif
 
+/* Compressed stores (AVX-512 only, FC_COMPRESS): the lanes of v selected by mask, packed
+ * to the front, written to n = popcount(mask) consecutive elements from p (the register
+ * compress and a masked store: the memory form of vcompressps is microcoded on Zen 4). */
+#if FC_VEC_BYTES == 64
+#define FC_COMPRESS 1
+#define FC_COMPRESS_STORE_f32(p, mask, v)                                                  \
+    _mm512_mask_storeu_ps((p), (__mmask16)((1u << __builtin_popcount(mask)) - 1),         \
+                          _mm512_maskz_compress_ps((__mmask16)(mask), (__m512)(v)))
+#define FC_COMPRESS_STORE_f64(p, mask, v)                                                  \
+    _mm512_mask_storeu_pd((p), (__mmask8)((1u << __builtin_popcount(mask)) - 1),          \
+                          _mm512_maskz_compress_pd((__mmask8)(mask), (__m512d)(v)))
+#else
+#define FC_COMPRESS 0
+#endif
+
 /* Ask for the cache lines of bytes [p, p + bytes) ahead of use. The slab fill reads short
  * rows (one per channel, planes apart): too many streams for the hardware prefetcher, so each
  * row's copy would wait on L3. */

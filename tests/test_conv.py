@@ -1754,6 +1754,28 @@ def test_deep_chunks_end_in_the_output(rng, n, c, h, w, f, kernel, kwargs, dtype
     assert_exact_everywhere(x, weight, b, expected, **kwargs)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    (3, 1, 28, 28, 32, (3, 3), {}),                            # 26 of 28 columns real
+    (2, 2, 11, 21, 12, (3, 3), dict(padding=1)),               # a partial block of filters
+    (1, 40, 9, 13, 16, (3, 3), dict(padding=1)),               # two chunks of channels
+    (2, 3, 15, 31, 20, (3, 3), dict(stride=2, padding=1)),     # two column phases
+    (1, 2, 12, 23, 16, (3, 3), dict(dilation=2, padding=(0, 3))),
+    (1, 8, 10, 19, 24, (3, 3), dict(groups=2, padding=1)),
+    (2, 3, 40, 9, 8, (5, 5), dict(padding=2, padding_mode="reflect")),  # many short rows
+])
+def test_junk_columns_dropped_as_tiles_store(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """Rows with junk columns that are not tiled one by one (narrow, not whole vectors):
+    the last chunk's tiles go straight to the output, each vector's real lanes packed as it
+    stores (AVX-512; below it they stay staged and are copied out), and a band's last tile
+    drops the lanes past its last row. Exact for any thread count, with ReLU, in NHWC,
+    through a view and into a NaN-filled out=."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+
+
 @pytest.mark.parametrize("path", ["lanes", "depthwise"])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_skipped_padding_taps_keep_non_finite_weights(rng, filter_lanes_everywhere, path, bad):
