@@ -1511,6 +1511,15 @@ def assert_exact_everywhere(x, weight, b, expected, **kwargs):
     assert_array_equal(out, expected)
 
 
+def assert_layer_exact_everywhere(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """assert_exact_everywhere for small-integer inputs of this layer (exact sums), against
+    the reference."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+
+
 def assert_exact_through_row_view(x, weight, b, expected, **kwargs):
     """conv2d of a view of NCHW x whose rows are 3 elements longer equals ``expected``."""
     n, c, h, w = x.shape
@@ -1696,10 +1705,7 @@ def test_shallow_rows_written_in_place(rng, n, c, h, w, f, kernel, kwargs, dtype
     straddles two output rows, and a partial block of filters goes through the stage:
     exact for any thread count, with ReLU, in NHWC, through a view and into a NaN-filled
     out=."""
-    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
-                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
-    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+    assert_layer_exact_everywhere(rng, n, c, h, w, f, kernel, kwargs, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -1748,10 +1754,7 @@ def test_deep_chunks_end_in_the_output(rng, n, c, h, w, f, kernel, kwargs, dtype
     their partial sums in the staged tile and write the last chunk's whole tiles straight
     to the output (its partial sums read from the stage); the rest is copied out. Exact for
     any thread count, with ReLU, in NHWC, through a view and into a NaN-filled out=."""
-    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
-                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
-    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+    assert_layer_exact_everywhere(rng, n, c, h, w, f, kernel, kwargs, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -1770,10 +1773,7 @@ def test_junk_columns_dropped_as_tiles_store(rng, n, c, h, w, f, kernel, kwargs,
     stores (AVX-512; below it they stay staged and are copied out), and a band's last tile
     drops the lanes past its last row. Exact for any thread count, with ReLU, in NHWC,
     through a view and into a NaN-filled out=."""
-    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
-                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
-    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+    assert_layer_exact_everywhere(rng, n, c, h, w, f, kernel, kwargs, dtype)
 
 
 @pytest.mark.parametrize("path", ["lanes", "depthwise"])
