@@ -919,38 +919,23 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         q_len = n_stacked * job.out_h * job.out_w
     fb0 = fc * job.fblocks_per_task
     fb1 = min(fb0 + job.fblocks_per_task, fblocks)
-    if job.out_sweep and n_stacked == 0:
-        # Whole tiles accumulate in the output (see _gemm_forward), each block of filters
-        # sweeping the band: its MR output rows written in order, not a staged tile of all
-        # the task's filters written per tile and copied out. (Tiles written straight to
-        # the output per tile, every block, ran up to 2x slower at 1 thread: 4 * blocks
-        # store streams.)
+    if n_stacked == 0 and (job.out_sweep or (q_len > lanes and (
+            job.compress or (job.out_direct and job.pitch == job.out_w)))):
+        # out_sweep: whole tiles accumulate in the output (see _gemm_forward), each block of
+        # filters sweeping the band: its MR output rows written in order, not a staged tile
+        # of all the task's filters written per tile and copied out. (Tiles written straight
+        # to the output per tile, every block, ran up to 2x slower at 1 thread: 4 * blocks
+        # store streams.) Output rows of whole vectors (a last half vector at most,
+        # _half_tail) are tiled row by row: every tile then lies in one output row.
+        # Otherwise only the last chunk's tiles go out, their partial sums read from the
+        # staged tile: with no junk columns its whole tiles (out_end: where they end), with
+        # junk columns (compress) every tile, dropping the junk as it stores (out_end: the
+        # band's length).
         out_band = (<floating *>job.out + (n * job.n_filters + g * job.filters_per_group)
                     * job.out_pixels + oh0 * job.out_w)
-        out_end = _whole_tiles_end(q_len, lanes)
-        # Output rows of whole vectors (a last half vector at most, _half_tail) are tiled
-        # row by row: every tile then lies in one output row and goes straight to it.
-        row_tiles = (job.pitch != job.out_w and not job.direct
+        out_end = q_len if job.compress else _whole_tiles_end(q_len, lanes)
+        row_tiles = (job.out_sweep and job.pitch != job.out_w and not job.direct
                      and _whole_vectors(job.out_w, lanes))
-    elif (job.compress and n_stacked == 0 and q_len > lanes
-          and (in_per_group - (in_per_group - 1) // job.channels_per_chunk
-               * job.channels_per_chunk) * job.phases * job.slab_channel
-          * <Py_ssize_t>sizeof(floating) <= L1_SLAB_BYTES):
-        # Junk columns: the last chunk's tiles go to the output, dropping them as they store
-        # (_gemm_tile), where that chunk sweeps the band once per block of filters (its slab
-        # fits L1): each block's rows then written in order. (Per tile, every block: 1.03-1.10
-        # of the staged copy's time on five deep layers; with one chunk 0.93 on 4 groups of
-        # 16 channels at 28x28 but 1.02-1.035 on two others.) The earlier chunks stay staged.
-        # out_end: the band's length.
-        out_band = (<floating *>job.out + (n * job.n_filters + g * job.filters_per_group)
-                    * job.out_pixels + oh0 * job.out_w)
-        out_end = q_len
-    elif job.out_direct and n_stacked == 0 and job.pitch == job.out_w and q_len > lanes:
-        # Deep chunks, no junk columns: the last chunk's whole tiles go to the output, their
-        # partial sums read from the staged tile; the earlier chunks stay staged.
-        out_band = (<floating *>job.out + (n * job.n_filters + g * job.filters_per_group)
-                    * job.out_pixels + oh0 * job.out_w)
-        out_end = _whole_tiles_end(q_len, lanes)
     c0 = 0
     while c0 < in_per_group:
         cc = min(job.channels_per_chunk, in_per_group - c0)
@@ -1225,16 +1210,24 @@ cdef int _gemm_forward(
     # one): at AVX-512 the last chunk's tiles drop them as they store (see _gemm_task for
     # when; measured on Zen 4, 2 threads, time after / before: 64 x 28x28 -> 26x26 with 32
     # filters 0.78-0.83, 32 groups at 56x56 0.88-0.91, 3 -> 24 channels at 112x112 0.95).
+    # Only where the last chunk's slab fits L1, so that it sweeps the band once per block of
+    # filters: each block's rows are then written in order. (Per tile, every block: 1.03-1.10
+    # of the staged copy's time on five deep layers; with one chunk 0.93 on 4 groups of 16
+    # channels at 28x28 but 1.02-1.035 on two others.)
+    cdef Py_ssize_t last_chunk = (in_per_group
+                                  - (in_per_group - 1) // channels_per_chunk * channels_per_chunk)
     job.compress = (FC_COMPRESS and not channels_last and pool == 1 and not one_filter
                     and images_per_task == 0 and pitch != out_w
                     and not (channels_per_chunk * taps <= OUT_SWEEP_DEPTH
-                             and _whole_vectors(out_w, lanes)))
+                             and _whole_vectors(out_w, lanes))
+                    and last_chunk * phases * slab_channel * <Py_ssize_t>sizeof(floating)
+                    <= L1_SLAB_BYTES)
     job.out_sweep = (job.out_direct and channels_per_chunk * taps <= OUT_SWEEP_DEPTH
                      and not job.compress)
     cdef Py_ssize_t band_vectors = (rows_per_task * pitch + lanes - 1) // lanes + FC_NV
     cdef unsigned int *vec_mask = NULL
     cdef Py_ssize_t *vec_off = NULL
-    cdef Py_ssize_t q, col, l
+    cdef Py_ssize_t col, l
     if job.compress:
         vec_mask = <unsigned int *>malloc(band_vectors * sizeof(unsigned int))
         vec_off = <Py_ssize_t *>malloc(band_vectors * sizeof(Py_ssize_t))
@@ -1244,13 +1237,14 @@ cdef int _gemm_forward(
             free(x_offsets)
             free(panel_offsets)
             raise MemoryError()
+        col = 0  # of the band's pixel k * lanes + l in its slab row
         for k in range(band_vectors):
-            q = k * lanes
-            vec_off[k] = q // pitch * out_w + min(q % pitch, out_w)
+            vec_off[k] = k * lanes // pitch * out_w + min(col, out_w)
             vec_mask[k] = 0
             for l in range(lanes):
-                if (q + l) % pitch < out_w:
+                if col < out_w:
                     vec_mask[k] = vec_mask[k] | (1u << l)
+                col = col + 1 if col + 1 < pitch else 0
     job.vec_mask, job.vec_off = vec_mask, vec_off
     job.pooled_pixels, job.pool, job.wrap = pooled_pixels, pool, wrap
     job.direct, job.panels, job.one_filter, job.relu, job.channels_last = (
