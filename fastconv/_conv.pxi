@@ -1274,4 +1274,5 @@ cdef int _gemm_forward(
 
 include "_conv_depthwise.pxi"
 include "_conv_filter_lanes.pxi"
+include "_conv_channels_last.pxi"
 include "_conv_call.pxi"

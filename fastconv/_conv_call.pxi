@@ -597,6 +597,100 @@ cdef class FilterLaneCall(_KernelCall):
         return 0
 
 
+@cython.auto_pickle(False)  # pointers into the plan's tables
+cdef class ChannelsLastCall(_KernelCall):
+    """A planned NHWC conv2d call on the channels-last kernel (_channels_last_forward): the
+    plan (_conv_plan.ChannelsLastPlan) and the call's scalars. Weight is (F, C/G, KH, KW)
+    C-contiguous (any shape of that size), bias (F,) or None."""
+    cdef _Arg tap_rows, pixel_offsets
+    cdef Py_ssize_t groups, per_group, depth, ld, stride_w
+
+    def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, Py_ssize_t groups,
+                 Py_ssize_t per_group, kernel, Py_ssize_t stride_w, out_hw, bint relu,
+                 workspace):
+        self._setup(plan, dtype, x_shape, out_shape, True, out_hw, relu, 1, workspace)
+        kh, kw = kernel
+        cdef Py_ssize_t channels = self.x_shape[1]
+        cdef Py_ssize_t lanes = FC_LANES_F32 if self.typenum == cnp.NPY_FLOAT32 else FC_LANES_F64
+        if groups < 1 or per_group < 1 or channels % groups:
+            raise ValueError(f"ChannelsLastCall: groups {groups}, per_group {per_group} do not "
+                             f"fit {channels} channels")
+        self.groups, self.per_group, self.stride_w = groups, per_group, stride_w
+        self.depth = channels // groups * kh * kw
+        self.ld = (per_group + lanes - 1) // lanes * lanes
+        cdef Py_ssize_t slab_w = self.col_src.shape[1]
+        cdef Py_ssize_t slab_size = self.row_src.shape[1] * slab_w * channels
+        cdef Py_ssize_t pixels = self.rows_per_task * self.out_w
+        _table(plan.pixel_offsets, "pixel_offsets", 0, max(slab_size, 1), &self.pixel_offsets)
+        cdef Py_ssize_t reach = int(plan.pixel_offsets.max()) if pixels else 0
+        # a pixel's reads (its offset + a row's + the group's channels) stay in the slab
+        cdef Py_ssize_t group_reach = (channels - channels // groups) * slab_w
+        _table(plan.tap_rows, "tap_rows", 0,
+               max(slab_size - reach - group_reach, self.depth * self.ld), &self.tap_rows)
+        cdef const Py_ssize_t *offsets = <const Py_ssize_t *>self.pixel_offsets.data
+        cdef Py_ssize_t p
+        for p in range(1, pixels):  # pixels of an output row stride_w apart (_lanes_step)
+            if p % self.out_w and offsets[p] - offsets[p - 1] != stride_w:
+                raise ValueError("ChannelsLastCall: the plan's pixels do not fit the call")
+        cdef const Py_ssize_t *rows = <const Py_ssize_t *>self.tap_rows.data
+        cdef const Py_ssize_t *inner = <const Py_ssize_t *>self.col_inner.data
+        cdef Py_ssize_t r
+        if (plan.tap_rows.ndim != 2 or self.tap_rows.shape[1] != 2
+                or self.tap_rows.shape[0] != self.depth
+                or self.pixel_offsets.shape[0] != pixels
+                or self.col_src.shape[0] != 1
+                or not 0 <= inner[0] <= inner[1] <= slab_w
+                or (inner[1] > inner[0] and (inner[0] + inner[2] < 0
+                                             or inner[1] + inner[2] > self.x_shape[3]))
+                or self.slab_size != slab_size
+                or self.scratch_per_thread < slab_size + FC_LANES_NP * FC_CL_VECTORS * lanes
+                or self.out_size != self.x_shape[0] * groups * per_group
+                * self.out_h * self.out_w):
+            raise ValueError("ChannelsLastCall: the plan does not fit the call")
+        for r in range(self.depth):
+            if (rows[2 * r] + reach + group_reach >= slab_size
+                    or rows[2 * r + 1] > (self.depth - 1) * self.ld):
+                raise ValueError("ChannelsLastCall: the plan's reduction rows do not fit "
+                                 "the call")
+
+    cdef Py_ssize_t _shared_scratch(self, bint packed_here):
+        """The packed weights (G, depth, ld) and bias (G, ld)."""
+        return self.groups * (self.depth + 1) * self.ld
+
+    cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
+                  bint packed_here, object packed, object packed_bias, int threads) except -1:
+        cdef _Arg wv, bv
+        cdef Py_ssize_t n_filters = self.groups * self.per_group
+        if not packed_here:
+            raise ValueError("ChannelsLastCall takes no packed weights")
+        _arg(weight, "weight", self.typenum, -1, False, True, &wv)
+        if wv.shape[0] != n_filters * self.depth:
+            raise ValueError(f"weight: {wv.shape[0]} elements, the call reads "
+                             f"{n_filters * self.depth}")
+        bv.data = NULL
+        if bias is not None:
+            _arg(bias, "bias", self.typenum, -1, False, True, &bv)
+            if bv.shape[0] != n_filters:
+                raise ValueError(f"bias: {bv.shape[0]} elements, not {n_filters}")
+        if self.typenum == cnp.NPY_FLOAT32:
+            _channels_last_forward(x, <const float *>wv.data, <const float *>bv.data,
+                                   self.groups, self.per_group, <float *>out,
+                                   <float *>scratch, self.scratch_per_thread,
+                                   &self.row_src, &self.col_src, &self.col_inner,
+                                   &self.tap_rows, &self.pixel_offsets, self.out_h,
+                                   self.out_w, self.rows_per_task, self.stride_w, self.relu,
+                                   threads)
+        else:
+            _channels_last_forward(x, <const double *>wv.data, <const double *>bv.data,
+                                   self.groups, self.per_group, <double *>out,
+                                   <double *>scratch, self.scratch_per_thread,
+                                   &self.row_src, &self.col_src, &self.col_inner,
+                                   &self.tap_rows, &self.pixel_offsets, self.out_h,
+                                   self.out_w, self.rows_per_task, self.stride_w, self.relu,
+                                   threads)
+        return 0
+
+
 cdef inline bint _simple(object value):
     """An int, a string, None or a tuple of ints: a parameter whose equality means equal
     validation (True == 1 and 2.0 == 2 would not, so they take the validating path)."""

@@ -19,6 +19,8 @@
 cdef extern from "_conv_microkernel.h" nogil:
     enum:
         FC_LANES_NP
+        FC_CL_VECTORS
+    Py_ssize_t FC_STEP_NP(int nv)
     void fc_lanes_f32(Py_ssize_t depth, const float *a, const float *b,
                       const Py_ssize_t *rows, const Py_ssize_t *pix, float *c,
                       Py_ssize_t ldc, const float *bias, int relu, int np, int nv,
@@ -27,6 +29,14 @@ cdef extern from "_conv_microkernel.h" nogil:
                       const Py_ssize_t *rows, const Py_ssize_t *pix, double *c,
                       Py_ssize_t ldc, const double *bias, int relu, int np, int nv,
                       int half)
+    void fc_lanes_step_f32(Py_ssize_t depth, const float *a, const float *b,
+                           const Py_ssize_t *rows, Py_ssize_t pix0, float *c,
+                           Py_ssize_t ldc, const float *bias, int relu, int nv, int half,
+                           int step, Py_ssize_t ntiles)
+    void fc_lanes_step_f64(Py_ssize_t depth, const double *a, const double *b,
+                           const Py_ssize_t *rows, Py_ssize_t pix0, double *c,
+                           Py_ssize_t ldc, const double *bias, int relu, int nv, int half,
+                           int step, Py_ssize_t ntiles)
 
 
 LANES_PIXELS = FC_LANES_NP  # pixels per tile of the filter-lane kernel at most

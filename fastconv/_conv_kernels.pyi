@@ -14,6 +14,7 @@ ROW_NR_FLOAT64: int
 LANES_FLOAT32: int
 LANES_FLOAT64: int
 LANES_PIXELS: int
+CHANNELS_LAST_VECTORS: int
 HALF_TAIL: bool
 
 def array_key(*arrays: npt.NDArray[np.generic] | None) -> bytes: ...
@@ -91,6 +92,23 @@ class FilterLaneCall(_KernelCall):
         *,
         channels_last: bool,
         n_filters: int,
+        kernel: tuple[int, int],
+        stride_w: int,
+        out_hw: tuple[int, int],
+        relu: bool,
+        workspace: Any,
+    ) -> None: ...
+
+class ChannelsLastCall(_KernelCall):
+    def __init__(
+        self,
+        plan: Any,
+        dtype: npt.DTypeLike,
+        x_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        *,
+        groups: int,
+        per_group: int,
         kernel: tuple[int, int],
         stride_w: int,
         out_hw: tuple[int, int],

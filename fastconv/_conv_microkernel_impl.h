@@ -509,7 +509,8 @@ static inline void FC_NAME(fc_blocked_row)(
 }
 
 /* Filters in the vector lanes (small maps, whose few pixels would leave a pixel vector
- * mostly empty): np pixels x nv vectors of filters,
+ * mostly empty; NHWC): np pixels x nv vectors of filters (nv <= 2, or up to 4 with
+ * np * nv <= 2 * FC_LANES_NP),
  *   c[p * ldc + v * FC_LANES + l] = init + sum_r a[rows[2 * r + 1] + v * FC_LANES + l]
  *                                              * b[rows[2 * r] + pix[p]]
  * init: bias[v * FC_LANES + l] (bias != NULL, the first reduction block) or c (later
@@ -520,18 +521,21 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
     Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
     const Py_ssize_t *restrict rows, const Py_ssize_t *restrict pix, FC_T *restrict c,
     Py_ssize_t ldc, const FC_T *restrict bias, int relu, const int np, const int nv,
-    const int half)
+    const int half, const int step)
 {
     const int nf = nv - half;  /* full vectors */
-    FC_V acc[FC_LANES_NP][2];
+    FC_V acc[FC_LANES_NP][4];  /* nv <= 2, or np * nv <= 2 * FC_LANES_NP */
 #if FC_HALF_TAIL
     FC_H acch[FC_LANES_NP];
 #endif
+    /* step > 0: pixel p at pix[0] + p * step, read through one pointer with constant
+     * displacements (twelve pointers do not fit the general registers: spilled, and the
+     * seed layer in NHWC took 1.2x the time) */
     const FC_T *bp[FC_LANES_NP];
 #pragma GCC unroll 16
     for (int p = 0; p < np; p++) {
-        bp[p] = b + pix[p];
-#pragma GCC unroll 2
+        bp[p] = b + pix[step ? 0 : p];
+#pragma GCC unroll 4
         for (int v = 0; v < nf; v++)
             acc[p][v] = bias ? *(const FC_VU *)(bias + v * FC_LANES)
                              : *(const FC_VU *)(c + p * ldc + v * FC_LANES);
@@ -541,17 +545,18 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
     for (Py_ssize_t r = 0; r < depth; r++) {
         const Py_ssize_t o = rows[2 * r];
         const FC_T *ar = a + rows[2 * r + 1];
-        FC_V w[2];
-#pragma GCC unroll 2
+        FC_V w[4];
+#pragma GCC unroll 4
         for (int v = 0; v < nf; v++) w[v] = *(const FC_VU *)(ar + v * FC_LANES);
 #if FC_HALF_TAIL
         FC_H wh = {0};
         FC_IF_HALF(wh = *(const FC_HU *)(ar + nf * FC_LANES););
 #endif
+        const FC_T *br = bp[0] + o;  /* step > 0: pixel p's value at br[p * step] */
 #pragma GCC unroll 16
         for (int p = 0; p < np; p++) {
-            const FC_T x = bp[p][o];
-#pragma GCC unroll 2
+            const FC_T x = step ? br[p * step] : bp[p][o];
+#pragma GCC unroll 4
             for (int v = 0; v < nf; v++) acc[p][v] += w[v] * x;
             FC_IF_HALF(acch[p] += wh * x;);
         }
@@ -559,7 +564,7 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
     const FC_V zero = {0};
 #pragma GCC unroll 16
     for (int p = 0; p < np; p++) {
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int v = 0; v < nf; v++) {
             if (relu) acc[p][v] = (FC_V)((FC_VI)acc[p][v] & ~(FC_VI)(acc[p][v] < zero));
             *(FC_VU *)(c + p * ldc + v * FC_LANES) = acc[p][v];
@@ -582,7 +587,7 @@ static inline void FC_NAME(fc_lanes)(
 #error "fc_lanes is written for FC_LANES_NP 6 or 12"
 #endif
 #define FC_LB(n, v, h) FC_NAME(fc_lanes_body)(depth, a, b, rows, pix, c, ldc, \
-                                              bias, relu, n, v, h)
+                                              bias, relu, n, v, h, 0)
 #if FC_HALF_TAIL
 #define FC_L(n) \
     case n: \
@@ -600,6 +605,44 @@ static inline void FC_NAME(fc_lanes)(
     default: break;
     }
 #undef FC_L
+#undef FC_LB
+}
+
+/* Pixels per tile of fc_lanes_step with nv vectors of filters: as many accumulators as
+ * fc_lanes' 2 x FC_LANES_NP (AVX-512: 12 x 2, 8 x 3, 6 x 4). */
+#define FC_STEP_NP(nv) ((nv) <= 2 ? FC_LANES_NP : 2 * FC_LANES_NP / (nv))
+
+/* fc_lanes for ntiles tiles of FC_STEP_NP(nv) pixels evenly spaced along a row of the
+ * channels-last kernel's slab, pixel p of the run at pix0 + p * step (step 1 or 2: stride 1
+ * or 2) and written at c + p * ldc, for nv = 1 .. 4 vectors of filters, in one call: per
+ * tile, a call and its caller's bookkeeping cost as much as a few reduction steps. With 3
+ * or 4 vectors a tile writes a pixel's 48 or 64 filters whole. */
+static inline void FC_NAME(fc_lanes_step)(
+    Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
+    const Py_ssize_t *restrict rows, Py_ssize_t pix0, FC_T *restrict c, Py_ssize_t ldc,
+    const FC_T *restrict bias, int relu, int nv, int half, int step, Py_ssize_t ntiles)
+{
+    static const Py_ssize_t first = 0;
+#define FC_LB(v, h, s) \
+    for (Py_ssize_t t = 0; t < ntiles; t++) \
+        FC_NAME(fc_lanes_body)(depth, a, b + pix0 + t * FC_STEP_NP(v) * s, rows, &first, \
+                               c + t * FC_STEP_NP(v) * ldc, ldc, bias, relu, FC_STEP_NP(v), \
+                               v, h, s)
+#if FC_HALF_TAIL
+#define FC_LV(v, s) if (half) FC_LB(v, 1, s); else FC_LB(v, 0, s);
+#else
+#define FC_LV(v, s) FC_LB(v, 0, s);
+#endif
+#define FC_LS(s) \
+    switch (nv) { \
+    case 1: FC_LV(1, s) break; \
+    case 2: FC_LV(2, s) break; \
+    case 3: FC_LV(3, s) break; \
+    default: FC_LV(4, s) break; \
+    }
+    if (step == 1) { FC_LS(1) } else { FC_LS(2) }
+#undef FC_LS
+#undef FC_LV
 #undef FC_LB
 }
 

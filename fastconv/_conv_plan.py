@@ -340,6 +340,95 @@ def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, 
                           fvecs_per_task, slab_size, slab_size + stage, wrap, shared)
 
 
+class ChannelsLastPlan(NamedTuple):
+    row_src: np.ndarray        # (row bands, slab rows) input row of each slab row, -1 = zero
+    col_src: np.ndarray        # (1, slab width) input column of each slab column, -1 = zero
+    col_inner: np.ndarray      # (1, 3) [first, end) of the linear interior, offset
+    tap_rows: np.ndarray       # (Cg*KH*KW, 2) reduction row (c, kh, kw): slab offset from a
+                               # pixel's, offset of its row of packed weights
+    pixel_offsets: np.ndarray  # (rows_per_task * OW,) slab offset of band pixel (i, ow)
+    rows_per_task: int
+    slab_size: int             # slab rows x C x slab width
+    scratch_per_thread: int    # the slab, then a staged tile (tile pixels x tile vectors)
+
+
+# A task's band: at most CHANNELS_LAST_TASK_PIXELS output pixels and a slab of at most
+# SLAB_BYTES, and MIN_TASKS tasks where the batch and rows allow.
+CHANNELS_LAST_TASK_PIXELS = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def channels_last_plan(*, n_images, channels, in_per_group, per_group, height, width, out_h,
+                       out_w, kernel, stride, dilation, pads, padding_mode, lanes,
+                       tile_pixels, tile_vectors, itemsize):
+    """The layout of ``_conv_channels_last.pxi`` for one problem shape (NHWC): a task owns a
+    band of ``rows_per_task`` output rows of one image. It copies the band's padded input
+    rows into its slab, each row's channels apart, (slab rows, C, slab width), so that
+    consecutive pixels of a row read consecutive columns, then computes each
+    group's filters, vectors of them, for tiles of up to ``tile_pixels`` pixels: pixel p
+    reads reduction row r at ``pixel_offsets[p] + tap_rows[r, 0]`` (plus the group's first
+    channel's row), its weights at ``tap_rows[r, 1]`` of the group's packed panel, (Cg*KH*KW,
+    whole vectors of filters). The reduction rows keep the order (c, kh, kw) of the NCHW
+    kernels, so both layouts give the same bits."""
+    kh, kw = kernel
+    sh, sw = stride
+    dh, dw = dilation
+    top, _, left, _ = pads
+    slab_w = (out_w - 1) * sw + (kw - 1) * dw + 1
+    col_src = np.ascontiguousarray(
+        source_index(np.arange(slab_w) - left, width, padding_mode)[None, :], dtype=np.intp)
+    first = min(left, slab_w)
+    col_inner = np.array([[first, max(first, min(left + width, slab_w)), -left]],
+                         dtype=np.intp)
+    row_classes = _row_classes(kh, sh, dh)
+    bases, _, _, extra_rows = row_classes
+    row_pitch = channels * slab_w
+
+    def slab_rows_of(rows):
+        return len(bases) * rows + sum(extra_rows)
+
+    rows = max(1, min(out_h, CHANNELS_LAST_TASK_PIXELS // out_w))
+    while rows > 1 and slab_rows_of(rows) * row_pitch * itemsize > SLAB_BYTES:
+        rows -= 1
+    while rows > 1 and n_images * -(-out_h // rows) < MIN_TASKS:
+        rows = -(-rows // 2)
+    rows = -(-out_h // -(-out_h // rows))  # equal bands
+    row_src, kh_start = _band_rows(rows, out_h, height, top, sh, padding_mode, row_classes)
+    weights_ld = -(-per_group // lanes) * lanes
+    c = np.arange(in_per_group)[:, None, None]
+    slab_offset = (kh_start[None, :, None] * row_pitch + c * slab_w
+                   + np.arange(kw)[None, None, :] * dw)
+    depth = in_per_group * kh * kw
+    tap_rows = np.ascontiguousarray(
+        np.stack([slab_offset.ravel(), np.arange(depth) * weights_ld], axis=1), dtype=np.intp)
+    i, ow = np.meshgrid(np.arange(rows), np.arange(out_w), indexing="ij")
+    pixel_offsets = np.ascontiguousarray((i * row_pitch + ow * sw).ravel(),
+                                         dtype=np.intp)
+    slab_size = row_src.shape[1] * row_pitch
+    _share(row_src, col_src, col_inner, tap_rows, pixel_offsets)
+    return ChannelsLastPlan(row_src, col_src, col_inner, tap_rows, pixel_offsets, rows,
+                            slab_size, slab_size + tile_pixels * tile_vectors * lanes)
+
+
+def use_channels_last(*, out_w, per_group, kernel_w, stride_w, dilation_w, lanes,
+                      tile_pixels, half_tail=False):
+    """Whether an NHWC conv2d (not on the filter-lane or depthwise kernels) runs on the
+    channels-last kernel rather than the GEMM kernel. Measured on Zen 4, 2 threads, time
+    over the GEMM kernel's NHWC time where it is taken: 0.62-1.05 on 15 suite and 18
+    random layers (3 -> 64 channels at 224x224: 0.69). It needs
+
+    - output rows of at least two of its widest tiles (``tile_pixels``): it computes runs
+      of tiles along a row; rows of 14 and 7 pixels took 1.02-2.5 (one 1x1 layer 0.79);
+    - each group's filters in whole vectors (a last half vector with ``half_tail``): a
+      partial vector's tiles go through a staged copy one by one (20 filters per group:
+      1.04), and 8 filters leave half the lanes empty (1.09-1.14);
+    - taps that reach every input column: a 1x1 layer with stride 2 copies columns it
+      never reads (1.18)."""
+    whole = per_group % lanes == 0 or (half_tail and per_group % lanes == lanes // 2)
+    return (out_w >= 2 * tile_pixels and per_group >= lanes and whole
+            and stride_w <= (kernel_w - 1) * dilation_w + 1)
+
+
 def _taps_read(out_h, out_w, height, width, kernel, stride, dilation, pads, padding_mode):
     """(OH * OW, KH * KW) bool: whether tap (kh, kw) of each output pixel reads the input,
     not zero padding (every tap does in the other padding modes)."""

@@ -241,7 +241,8 @@ class _ConvCall(NamedTuple):
     copy_x: bool            # x's strides are not whole elements, or x is misaligned
     relu: bool
     path: str               # "empty", "bias" (no input channels), "depthwise", "lanes"
-                            # (the filter-lane kernel) or "gemm"
+                            # (the filter-lane kernel), "channels_last" (NHWC, filters in
+                            # lanes over bands) or "gemm"
     runner: object          # the planned kernel call (_kernels.GemmCall or DepthwiseCall)
     direct: bool            # x, weight and bias go to the kernel as they are (no conversion)
 
@@ -466,6 +467,19 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
                 layout_plan, dtype, x.shape, shape, channels_last=channels_last,
                 n_filters=n_filters, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),
                 relu=activation == "relu", workspace=_workspace)
+        elif channels_last and pool == 1 and _conv_plan.use_channels_last(
+                out_w=out_w, per_group=per_group, kernel_w=kw, stride_w=sw, dilation_w=dw,
+                lanes=lanes, tile_pixels=_kernels.LANES_PIXELS, half_tail=_kernels.HALF_TAIL):
+            path = "channels_last"
+            layout_plan = _conv_plan.channels_last_plan(
+                n_images=n_images, channels=channels, in_per_group=in_per_group,
+                per_group=per_group, lanes=lanes, tile_pixels=_kernels.LANES_PIXELS,
+                tile_vectors=_kernels.CHANNELS_LAST_VECTORS,
+                **{k: v for k, v in geometry.items() if k != "row_multiple"})
+            runner = _kernels.ChannelsLastCall(
+                layout_plan, dtype, x.shape, shape, groups=groups, per_group=per_group,
+                kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w), relu=activation == "relu",
+                workspace=_workspace)
         else:
             runner = _kernels.GemmCall(
                 layout_plan, dtype, x.shape, shape, channels_last=channels_last,

@@ -1478,124 +1478,6 @@ def test_one_vector_bands(rng, n, c, h, w, f, kernel, padding, dtype):
                        np.maximum(expected, 0))
 
 
-def _images_per_task(x, weight, **kwargs):
-    """The images a task of this call's plan stacks (0: bands of one image)."""
-    from fastconv import conv
-
-    call, *_ = conv._validate(x, weight, None, kwargs.get("stride", 1),
-                              kwargs.get("padding", 0), kwargs.get("dilation", 1),
-                              kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"),
-                              kwargs.get("layout", "NCHW"), None, 1)
-    return call.runner.plan.images_per_task
-
-
-def assert_exact_across_paths(x, weight, b, expected, **kwargs):
-    """conv2d of NCHW x equals ``expected`` exactly for 1-3 threads, with ReLU, and in NHWC."""
-    for threads in (1, 2, 3):
-        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
-                           expected)
-    assert_array_equal(fastconv.conv2d(x, weight, b, activation="relu", **kwargs),
-                       np.maximum(expected, 0))
-    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC", **kwargs),
-                       expected.transpose(0, 2, 3, 1))
-
-
-def assert_exact_everywhere(x, weight, b, expected, **kwargs):
-    """assert_exact_across_paths, assert_exact_through_row_view, and conv2d into a
-    NaN-filled out= equals ``expected``."""
-    assert_exact_across_paths(x, weight, b, expected, **kwargs)
-    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
-    out = np.full(expected.shape, np.nan, expected.dtype)
-    fastconv.conv2d(x, weight, b, out=out, **kwargs)
-    assert_array_equal(out, expected)
-
-
-def assert_layer_exact_everywhere(rng, n, c, h, w, f, kernel, kwargs, dtype):
-    """assert_exact_everywhere for small-integer inputs of this layer (exact sums), against
-    the reference."""
-    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
-                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
-    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    assert_exact_everywhere(x, weight, b, expected, **kwargs)
-
-
-def assert_exact_through_row_view(x, weight, b, expected, **kwargs):
-    """conv2d of a view of NCHW x whose rows are 3 elements longer equals ``expected``."""
-    n, c, h, w = x.shape
-    wide = np.zeros((n, c, h, w + 3), x.dtype)
-    wide[..., :w] = x
-    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
-    # 4x4 maps: 16 pixels per image, not 4 rows of 5 (float64 at 4 lanes: whole vectors)
-    (2, 64, 4, 4, 128, (3, 3), dict(padding=1)),
-    (9, 30, 2, 2, 40, (3, 3), dict(padding=1)),                 # the last task's images fewer
-    (7, 20, 3, 5, 96, (3, 3), dict(padding=1, padding_mode="reflect")),
-    (3, 20, 5, 7, 96, (3, 3), dict(stride=2, padding=(0, 1))),  # two column phases
-    (5, 24, 6, 6, 64, (3, 3), dict(dilation=2, padding=1, groups=2)),
-    (3, 20, 5, 5, 72, (5, 5), dict(padding=2, padding_mode="circular")),
-    (16, 300, 6, 1, 52, (1, 1), {}),                            # 1x1: copied from x's rows
-    (8, 20, 5, 5, 40, (1, 1), dict(stride=2)),                  # 1x1 strided: the slab
-    (40, 8, 1, 1, 48, (1, 1), {}),                              # 1x1 maps: a dense layer
-    (33, 12, 1, 1, 40, (3, 3), dict(padding=1)),                # 1x1 maps, 3x3 kernel
-])
-def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
-    """Small maps stack several images' pixels in one task (compact panels gathered from
-    the slab, or from x for 1x1): exact for every padding mode, stride, dilation and group
-    count, with ReLU, for NHWC and for views, and identical for any thread count."""
-    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
-                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
-    lanes = fastconv.conv._kernels.LANES_FLOAT32 if dtype == np.float32 else \
-        fastconv.conv._kernels.LANES_FLOAT64
-    if h * w != 16 or 16 % lanes:  # the plans stack these at every ISA level
-        assert _images_per_task(x, weight, **kwargs) > 0
-    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    assert_exact_across_paths(x, weight, b, expected, **kwargs)
-    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
-    (1, 3, 20, 130, 40, (3, 3), dict(padding=1)),         # a partial last block, staged
-    (2, 2, 9, 200, 16, (5, 5), dict(padding=2)),
-    (1, 3, 10, 400, 16, (3, 3), dict(stride=2, padding=1)),  # two column phases
-    (1, 4, 6, 240, 40, (3, 3), dict(padding=1, groups=4)),
-    (1, 1, 7, 300, 8, (3, 3), dict(padding=(0, 1), padding_mode="reflect")),
-])
-def test_tiles_within_a_row_written_in_place(rng, n, c, h, w, f, kernel, kwargs, dtype):
-    """Shallow layers with junk columns and wide rows write each tile that lies within one
-    output row straight to the output, the others through the staged tile: exact for any
-    thread count, with ReLU, in NHWC and through views."""
-    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
-                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
-    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
-    assert_exact_across_paths(x, weight, b, expected, **kwargs)
-    out = np.full(expected.shape, np.nan, dtype)
-    fastconv.conv2d(x, weight, b, out=out, **kwargs)
-    assert_array_equal(out, expected)
-    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("n, c, h, w, f, groups", [
-    (1, 6, 130, 131, 5, 1),      # a few channels of large planes
-    (2, 32, 90, 91, 2, 2),       # 16 channels per group, one filter each
-    (1, 224, 40, 41, 32, 32),    # 7 channels per group, one filter each
-    (1, 12, 100, 100, 40, 1),    # many filters: tiles sweep every block
-])
-def test_pointwise_few_channels_of_large_planes(rng, n, c, h, w, f, groups, dtype):
-    """1x1 layers whose chunks are a few channels read x in place over any plane size
-    (DIRECT_STREAMS): exact for any thread count, with ReLU, in NHWC and through a view."""
-    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=(1, 1), groups=groups,
-                               integer=True, dtype=dtype)
-    expected = conv2d_reference(x, weight, b, groups=groups).astype(dtype)
-    assert_exact_across_paths(x, weight, b, expected, groups=groups)
-    assert_exact_through_row_view(x, weight, b, expected, groups=groups)
-
-
 def _conv_call(x, weight, **kwargs):
     """The validated call conv2d makes of these arguments (its path and planned runner)."""
     from fastconv import conv
@@ -1946,6 +1828,255 @@ def test_pointwise_reads_x_in_place(rng, n, c, h, w, f, groups, dtype):
     nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     assert_array_equal(fastconv.conv2d(nhwc, weight, b, groups=groups, layout="NHWC"),
                        expected.transpose(0, 2, 3, 1))
+
+
+def _conv_call(x, weight, **kwargs):
+    """The validated call (path, runner, plan) conv2d makes of these arguments."""
+    from fastconv import conv
+
+    call, *_ = conv._validate(x, weight, None, kwargs.get("stride", 1),
+                              kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                              kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"),
+                              kwargs.get("layout", "NCHW"), kwargs.get("activation"), 1)
+    return call
+
+
+def _images_per_task(x, weight, **kwargs):
+    """The images a task of this call's plan stacks (0: bands of one image)."""
+    return _conv_call(x, weight, **kwargs).runner.plan.images_per_task
+
+
+def assert_exact_across_paths(x, weight, b, expected, **kwargs):
+    """conv2d of NCHW x equals ``expected`` exactly for 1-3 threads, with ReLU, and in NHWC."""
+    for threads in (1, 2, 3):
+        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
+                           expected)
+    assert_array_equal(fastconv.conv2d(x, weight, b, activation="relu", **kwargs),
+                       np.maximum(expected, 0))
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC", **kwargs),
+                       expected.transpose(0, 2, 3, 1))
+
+
+def assert_exact_everywhere(x, weight, b, expected, **kwargs):
+    """assert_exact_across_paths, assert_exact_through_row_view, and conv2d into a
+    NaN-filled out= equals ``expected``."""
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
+    out = np.full(expected.shape, np.nan, expected.dtype)
+    fastconv.conv2d(x, weight, b, out=out, **kwargs)
+    assert_array_equal(out, expected)
+
+
+def assert_layer_exact_everywhere(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """assert_exact_everywhere for small-integer inputs of this layer (exact sums), against
+    the reference."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+
+
+def assert_exact_through_row_view(x, weight, b, expected, **kwargs):
+    """conv2d of a view of NCHW x whose rows are 3 elements longer equals ``expected``."""
+    n, c, h, w = x.shape
+    wide = np.zeros((n, c, h, w + 3), x.dtype)
+    wide[..., :w] = x
+    assert_array_equal(fastconv.conv2d(wide[..., :w], weight, b, **kwargs), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    # 4x4 maps: 16 pixels per image, not 4 rows of 5 (float64 at 4 lanes: whole vectors)
+    (2, 64, 4, 4, 128, (3, 3), dict(padding=1)),
+    (9, 30, 2, 2, 40, (3, 3), dict(padding=1)),                 # the last task's images fewer
+    (7, 20, 3, 5, 96, (3, 3), dict(padding=1, padding_mode="reflect")),
+    (3, 20, 5, 7, 96, (3, 3), dict(stride=2, padding=(0, 1))),  # two column phases
+    (5, 24, 6, 6, 64, (3, 3), dict(dilation=2, padding=1, groups=2)),
+    (3, 20, 5, 5, 72, (5, 5), dict(padding=2, padding_mode="circular")),
+    (16, 300, 6, 1, 52, (1, 1), {}),                            # 1x1: copied from x's rows
+    (8, 20, 5, 5, 40, (1, 1), dict(stride=2)),                  # 1x1 strided: the slab
+    (40, 8, 1, 1, 48, (1, 1), {}),                              # 1x1 maps: a dense layer
+    (33, 12, 1, 1, 40, (3, 3), dict(padding=1)),                # 1x1 maps, 3x3 kernel
+])
+def test_stacked_images(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """Small maps stack several images' pixels in one task (compact panels gathered from
+    the slab, or from x for 1x1): exact for every padding mode, stride, dilation and group
+    count, with ReLU, for NHWC and for views, and identical for any thread count."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    lanes = fastconv.conv._kernels.LANES_FLOAT32 if dtype == np.float32 else \
+        fastconv.conv._kernels.LANES_FLOAT64
+    if h * w != 16 or 16 % lanes:  # the plans stack these at every ISA level
+        assert _images_per_task(x, weight, **kwargs) > 0
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    (1, 3, 20, 130, 40, (3, 3), dict(padding=1)),         # a partial last block, staged
+    (2, 2, 9, 200, 16, (5, 5), dict(padding=2)),
+    (1, 3, 10, 400, 16, (3, 3), dict(stride=2, padding=1)),  # two column phases
+    (1, 4, 6, 240, 40, (3, 3), dict(padding=1, groups=4)),
+    (1, 1, 7, 300, 8, (3, 3), dict(padding=(0, 1), padding_mode="reflect")),
+])
+def test_tiles_within_a_row_written_in_place(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """Shallow layers with junk columns and wide rows write each tile that lies within one
+    output row straight to the output, the others through the staged tile: exact for any
+    thread count, with ReLU, in NHWC and through views."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, **kwargs)
+    out = np.full(expected.shape, np.nan, dtype)
+    fastconv.conv2d(x, weight, b, out=out, **kwargs)
+    assert_array_equal(out, expected)
+    assert_exact_through_row_view(x, weight, b, expected, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, groups", [
+    (1, 6, 130, 131, 5, 1),      # a few channels of large planes
+    (2, 32, 90, 91, 2, 2),       # 16 channels per group, one filter each
+    (1, 224, 40, 41, 32, 32),    # 7 channels per group, one filter each
+    (1, 12, 100, 100, 40, 1),    # many filters: tiles sweep every block
+])
+def test_pointwise_few_channels_of_large_planes(rng, n, c, h, w, f, groups, dtype):
+    """1x1 layers whose chunks are a few channels read x in place over any plane size
+    (DIRECT_STREAMS): exact for any thread count, with ReLU, in NHWC and through a view."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=(1, 1), groups=groups,
+                               integer=True, dtype=dtype)
+    expected = conv2d_reference(x, weight, b, groups=groups).astype(dtype)
+    assert_exact_across_paths(x, weight, b, expected, groups=groups)
+    assert_exact_through_row_view(x, weight, b, expected, groups=groups)
+
+
+def assert_nhwc_exact_everywhere(x, weight, b, expected, **kwargs):
+    """conv2d of NCHW x given in NHWC equals ``expected`` (NCHW) exactly: contiguous for
+    1-3 threads, with ReLU, into a NaN-filled out=, and through two views (pixels wider
+    than their channels; channels planes apart)."""
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    want = expected.transpose(0, 2, 3, 1)
+    for threads in (1, 2, 3):
+        assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC",
+                                           num_threads=threads, **kwargs), want)
+    assert_array_equal(fastconv.conv2d(nhwc, weight, b, layout="NHWC", activation="relu",
+                                       **kwargs), np.maximum(want, 0))
+    out = np.full(want.shape, np.nan, want.dtype)
+    assert fastconv.conv2d(nhwc, weight, b, layout="NHWC", out=out, **kwargs) is out
+    assert_array_equal(out, want)
+    wide = np.zeros(nhwc.shape[:3] + (nhwc.shape[3] + 3,), x.dtype)
+    wide[..., :nhwc.shape[3]] = nhwc
+    for view in (wide[..., :nhwc.shape[3]], x.transpose(0, 2, 3, 1)):
+        assert_array_equal(fastconv.conv2d(view, weight, b, layout="NHWC", **kwargs), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    # 3 -> 64 channels: 4 vectors of filters in one tile of 6 pixels (AVX-512), runs of tiles
+    # along each row and a tail of 4 pixels
+    (1, 3, 30, 40, 64, (3, 3), dict(padding=1)),
+    (2, 8, 10, 26, 48, (3, 3), dict(padding=1, groups=2)),      # 1.5 vectors per group
+    (1, 5, 20, 60, 32, (3, 3), dict(stride=2, padding=1)),      # pixels 2 apart
+    (1, 4, 12, 80, 16, (3, 3), dict(stride=3)),                 # apart: a pointer each
+    (1, 6, 12, 30, 40, (3, 3), dict(dilation=2, padding=2, padding_mode="reflect")),
+    (2, 3, 9, 28, 16, (5, 5), dict(padding=2, padding_mode="circular")),
+    (1, 2, 7, 33, 24, (4, 4), dict(padding="same", padding_mode="replicate")),  # uneven
+    (1, 4, 6, 32, 136, (3, 3), dict(padding=1)),                # 8.5 vectors: 3 + 3 + 2.5
+    (3, 20, 5, 24, 32, (1, 1), {}),
+    (1, 1, 2, 50, 16, (3, 3), dict(padding=(1, 0))),            # rows of padding only
+])
+def test_channels_last_kernel(rng, n, c, h, w, f, kernel, kwargs, dtype):
+    """NHWC layers whose output rows hold two or more of the channels-last kernel's tiles
+    take it (filters in the lanes, the input copied as it lies, results straight into the
+    output): exact against the reference, the same bits as NCHW, for any thread count,
+    with ReLU, into out= and through views of x."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                               groups=kwargs.get("groups", 1), integer=True, dtype=dtype)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    assert _conv_call(nhwc, weight, layout="NHWC", **kwargs).path == "channels_last"
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_array_equal(fastconv.conv2d(x, weight, b, **kwargs), expected)
+    assert_nhwc_exact_everywhere(x, weight, b, expected, **kwargs)
+
+
+def test_channels_last_rule():
+    """The GEMM kernel keeps NHWC layers with short output rows, filters that leave a
+    vector partly empty, and taps that skip input columns (see use_channels_last)."""
+    lanes = 16
+    args = dict(out_w=56, per_group=64, kernel_w=3, stride_w=1, dilation_w=1, lanes=lanes,
+                tile_pixels=12, half_tail=True)
+    from fastconv._conv_plan import use_channels_last
+    assert use_channels_last(**args)
+    assert use_channels_last(**dict(args, per_group=24))          # 1.5 vectors
+    assert not use_channels_last(**dict(args, per_group=24, half_tail=False))
+    assert not use_channels_last(**dict(args, out_w=14))
+    assert not use_channels_last(**dict(args, per_group=20))
+    assert not use_channels_last(**dict(args, per_group=8))       # half a vector only
+    assert not use_channels_last(**dict(args, kernel_w=1, stride_w=2))
+    assert use_channels_last(**dict(args, kernel_w=3, stride_w=2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_channels_last_kernel_any_layer(rng, monkeypatch, dtype):
+    """The channels-last kernel forced on layers its rule leaves to the GEMM kernel (short
+    rows, partial vectors of filters through its staged tile, few filters per group,
+    strides of 3, 1x1 with stride 2): exact, the same as NCHW, for any thread count."""
+    from fastconv import _conv_plan, conv
+
+    monkeypatch.setattr(_conv_plan, "use_channels_last", lambda **kwargs: True)
+    conv._forget_calls()
+    cases = [
+        (2, 6, 7, 9, 20, (3, 3), dict(padding=1, groups=2)),     # 10 per group: staged
+        (1, 4, 5, 17, 3, (3, 3), dict(padding=1)),
+        (3, 12, 6, 14, 36, (1, 1), dict(stride=2, groups=3)),
+        (1, 5, 11, 13, 70, (2, 3), dict(stride=(1, 3), dilation=(2, 1))),
+        (2, 3, 4, 4, 33, (3, 3), dict(padding=1, padding_mode="reflect")),
+    ]
+    try:
+        for n, c, h, w, f, kernel, kwargs in cases:
+            x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                                       groups=kwargs.get("groups", 1), integer=True,
+                                       dtype=dtype)
+            nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            call = _conv_call(nhwc, weight, layout="NHWC", **kwargs)
+            assert call.path in ("channels_last", "lanes")
+            expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+            assert_nhwc_exact_everywhere(x, weight, b, expected, **kwargs)
+    finally:
+        conv._forget_calls()
+
+
+def test_channels_last_call_checks_its_plan():
+    """ChannelsLastCall refuses a plan whose tables would read outside the slab or x."""
+    from fastconv import conv
+
+    x = np.zeros((1, 10, 30, 3), np.float32)
+    weight = np.zeros((32, 3, 3, 3), np.float32)
+    call = _conv_call(x, weight, padding=1, layout="NHWC")
+    assert call.path == "channels_last"
+    plan = call.runner.plan
+    kwargs = dict(groups=1, per_group=32, kernel=(3, 3), stride_w=1, out_hw=(10, 30),
+                  relu=False, workspace=conv._workspace)
+    out_shape = (1, 10, 30, 32)
+    conv._kernels.ChannelsLastCall(plan, np.float32, x.shape, out_shape, **kwargs)  # fits
+    broken = {"row_src": plan.row_src + 10, "col_src": plan.col_src + 30,
+              "pixel_offsets": plan.pixel_offsets + plan.slab_size,
+              "tap_rows": plan.tap_rows + plan.slab_size}
+    for table, value in broken.items():
+        with pytest.raises(ValueError, match=f"{table}|plan"):
+            conv._kernels.ChannelsLastCall(plan._replace(**{table: value}), np.float32,
+                                           x.shape, out_shape, **kwargs)
+    uneven = plan.pixel_offsets.copy()
+    uneven[1] += 1  # pixels of a row must lie stride_w apart
+    with pytest.raises(ValueError, match="pixels"):
+        conv._kernels.ChannelsLastCall(plan._replace(pixel_offsets=uneven), np.float32,
+                                       x.shape, out_shape, **kwargs)
+    with pytest.raises(ValueError, match="plan"):
+        conv._kernels.ChannelsLastCall(plan, np.float32, x.shape, (1, 10, 30, 16),
+                                       **dict(kwargs, per_group=16))
 
 
 def _misaligned(a):
