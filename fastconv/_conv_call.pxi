@@ -604,11 +604,18 @@ cdef class ChannelsLastCall(_KernelCall):
     C-contiguous (any shape of that size), bias (F,) or None."""
     cdef _Arg tap_rows, pixel_offsets
     cdef Py_ssize_t groups, per_group, depth, ld, stride_w
+    cdef bint merge_rows
 
     def __init__(self, plan, dtype, tuple x_shape, tuple out_shape, *, Py_ssize_t groups,
                  Py_ssize_t per_group, kernel, Py_ssize_t stride_w, out_hw, bint relu,
-                 workspace):
+                 bint merge_rows=False, workspace):
+        """x_shape: x as the kernel takes it; with merge_rows, x's rows of one width
+        regrouped into rows of another (1x1, stride 1, no padding), x_shape's."""
         self._setup(plan, dtype, x_shape, out_shape, True, out_hw, relu, 1, workspace)
+        self.merge_rows = merge_rows
+        if merge_rows and (kernel != (1, 1) or stride_w != 1 or self.x_shape[3] != out_hw[1]):
+            raise ValueError("ChannelsLastCall: merge_rows needs a 1x1 layer without "
+                             "stride or padding")
         kh, kw = kernel
         cdef Py_ssize_t channels = self.x_shape[1]
         cdef Py_ssize_t lanes = FC_LANES_F32 if self.typenum == cnp.NPY_FLOAT32 else FC_LANES_F64
@@ -652,6 +659,29 @@ cdef class ChannelsLastCall(_KernelCall):
                     or rows[2 * r + 1] > (self.depth - 1) * self.ld):
                 raise ValueError("ChannelsLastCall: the plan's reduction rows do not fit "
                                  "the call")
+
+    cdef int _x_view(self, object x, _Arg *view) except -1:
+        """With merge_rows, x (N, H, W, C), its rows one after the other, as the kernel's
+        (N, C, H', W') of the same pixels."""
+        if not self.merge_rows:
+            return _KernelCall._x_view(self, x, view)
+        cdef _Arg raw
+        cdef int lead = 4 - self.x_ndim
+        _arg(x, "x", self.typenum, self.x_ndim, False, False, &raw)
+        cdef Py_ssize_t n = raw.shape[0] if lead == 0 else 1
+        cdef Py_ssize_t sn = raw.strides[0] if lead == 0 else 0
+        cdef Py_ssize_t h = raw.shape[1 - lead], w = raw.shape[2 - lead]
+        cdef Py_ssize_t c = raw.shape[3 - lead]
+        cdef Py_ssize_t sh = raw.strides[1 - lead], sw = raw.strides[2 - lead]
+        if (n != self.x_shape[0] or c != self.x_shape[1]
+                or h * w != self.x_shape[2] * self.x_shape[3] or sh != w * sw):
+            raise ValueError(f"x: shape {x.shape} or strides differ from the planned call's")
+        view.data = raw.data
+        view.shape[0], view.shape[1] = n, c
+        view.shape[2], view.shape[3] = self.x_shape[2], self.x_shape[3]
+        view.strides[0], view.strides[1] = sn, raw.strides[3 - lead]
+        view.strides[2], view.strides[3] = self.x_shape[3] * sw, sw
+        return 0
 
     cdef Py_ssize_t _shared_scratch(self, bint packed_here):
         """The packed weights (G, depth, ld) and bias (G, ld)."""

@@ -113,6 +113,7 @@ class ChannelsLastCall(_KernelCall):
         stride_w: int,
         out_hw: tuple[int, int],
         relu: bool,
+        merge_rows: bool = ...,
         workspace: Any,
     ) -> None: ...
 

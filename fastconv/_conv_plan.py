@@ -410,7 +410,21 @@ def channels_last_plan(*, n_images, channels, in_per_group, per_group, height, w
                             slab_size, slab_size + tile_pixels * tile_vectors * lanes)
 
 
-def use_channels_last(*, out_w, per_group, kernel_w, stride_w, dilation_w, lanes,
+def merged_row_width(pixels, out_w, tile_pixels):
+    """The row width under which the channels-last kernel takes a map of ``pixels`` pixels in
+    rows of ``out_w`` that may be regrouped (NHWC 1x1, stride 1, no padding): ``out_w`` if its
+    rows already hold two tiles of ``tile_pixels``, else the divisor of ``pixels`` of at least
+    two tiles that leaves the smallest share of a row past its last whole tile (the fewest
+    pixels per row among equals, for more rows to split among tasks; 14x14: 49)."""
+    if out_w >= 2 * tile_pixels:
+        return out_w
+    widths = [w for w in range(2 * tile_pixels, min(pixels, 4096) + 1) if pixels % w == 0]
+    if not widths:
+        return out_w
+    return min(widths, key=lambda w: (w % (tile_pixels // 2) / w, w))
+
+
+def use_channels_last(*, rows, out_w, per_group, kernel_w, stride_w, dilation_w, lanes,
                       tile_pixels, half_tail=False):
     """Whether an NHWC conv2d (not on the filter-lane or depthwise kernels) runs on the
     channels-last kernel rather than the GEMM kernel. Measured on Zen 4, 2 threads, time
@@ -423,10 +437,13 @@ def use_channels_last(*, out_w, per_group, kernel_w, stride_w, dilation_w, lanes
       partial vector's tiles go through a staged copy one by one (20 filters per group:
       1.04), and 8 filters leave half the lanes empty (1.09-1.14);
     - taps that reach every input column: a 1x1 layer with stride 2 copies columns it
-      never reads (1.18)."""
+      never reads (1.18);
+    - MIN_TASKS output ``rows`` over the batch at least, its tasks being bands of rows: one
+      7x7 map of 1x1 320 -> 1280 channels taken as one row of 49 pixels took 1.9x the time
+      (one task), 14x14 160 -> 960 as 4 rows of 49, 1.11x."""
     whole = per_group % lanes == 0 or (half_tail and per_group % lanes == lanes // 2)
     return (out_w >= 2 * tile_pixels and per_group >= lanes and whole
-            and stride_w <= (kernel_w - 1) * dilation_w + 1)
+            and stride_w <= (kernel_w - 1) * dilation_w + 1 and rows >= MIN_TASKS)
 
 
 def _taps_read(out_h, out_w, height, width, kernel, stride, dilation, pads, padding_mode):

@@ -457,6 +457,17 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             lane_plan = _conv_plan.filter_lane_plan(
                 n_images=n_images, in_channels=channels, n_filters=n_filters, lanes=lanes,
                 tile_pixels=_kernels.LANES_PIXELS, **lane_geometry)
+        # NHWC 1x1 layers with stride 1 and no padding map pixels to pixels: where x's rows
+        # follow one another, the channels-last kernel may take (H, W) as rows of another
+        # width, so that short rows do not leave it tails as large as its runs.
+        cl_x_shape = x.shape
+        cl_geometry = {k: v for k, v in geometry.items() if k != "row_multiple"}
+        if (channels_last and kh == kw == 1 and (sh, sw) == (1, 1) and not any(pads)
+                and x.strides[-3] == x.shape[-2] * x.strides[-2]):
+            cl_w = _conv_plan.merged_row_width(out_h * out_w, out_w, _kernels.LANES_PIXELS)
+            cl_h = out_h * out_w // cl_w
+            cl_x_shape = x.shape[:-3] + (cl_h, cl_w, channels)
+            cl_geometry.update(height=cl_h, width=cl_w, out_h=cl_h, out_w=cl_w)
         if lane_plan is not None and _conv_plan.use_filter_lanes(
                 per_group=per_group, taps=kh * kw, lanes=lanes, fill=fill,
                 stacked=layout_plan.images_per_task > 0, work=lane_plan.work,
@@ -468,17 +479,20 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
                 n_filters=n_filters, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),
                 relu=activation == "relu", workspace=_workspace)
         elif channels_last and pool == 1 and _conv_plan.use_channels_last(
-                out_w=out_w, per_group=per_group, kernel_w=kw, stride_w=sw, dilation_w=dw,
-                lanes=lanes, tile_pixels=_kernels.LANES_PIXELS, half_tail=_kernels.HALF_TAIL):
+                rows=n_images * cl_geometry["out_h"], out_w=cl_geometry["out_w"],
+                per_group=per_group, kernel_w=kw, stride_w=sw,
+                dilation_w=dw, lanes=lanes, tile_pixels=_kernels.LANES_PIXELS,
+                half_tail=_kernels.HALF_TAIL):
             path = "channels_last"
             layout_plan = _conv_plan.channels_last_plan(
                 n_images=n_images, channels=channels, in_per_group=in_per_group,
                 per_group=per_group, lanes=lanes, tile_pixels=_kernels.LANES_PIXELS,
-                tile_vectors=_kernels.CHANNELS_LAST_VECTORS,
-                **{k: v for k, v in geometry.items() if k != "row_multiple"})
+                tile_vectors=_kernels.CHANNELS_LAST_VECTORS, **cl_geometry)
             runner = _kernels.ChannelsLastCall(
-                layout_plan, dtype, x.shape, shape, groups=groups, per_group=per_group,
-                kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w), relu=activation == "relu",
+                layout_plan, dtype, cl_x_shape, shape, groups=groups, per_group=per_group,
+                kernel=(kh, kw), stride_w=sw,
+                out_hw=(cl_geometry["out_h"], cl_geometry["out_w"]),
+                relu=activation == "relu", merge_rows=cl_x_shape != x.shape,
                 workspace=_workspace)
         else:
             runner = _kernels.GemmCall(

@@ -1980,17 +1980,20 @@ def assert_nhwc_exact_everywhere(x, weight, b, expected, **kwargs):
     (1, 3, 30, 40, 64, (3, 3), dict(padding=1)),
     (2, 8, 10, 26, 48, (3, 3), dict(padding=1, groups=2)),      # 1.5 vectors per group
     (1, 5, 20, 60, 32, (3, 3), dict(stride=2, padding=1)),      # pixels 2 apart
-    (1, 4, 12, 80, 16, (3, 3), dict(stride=3)),                 # apart: a pointer each
+    (1, 4, 30, 80, 16, (3, 3), dict(stride=3)),                 # apart: a pointer each
     (1, 6, 12, 30, 40, (3, 3), dict(dilation=2, padding=2, padding_mode="reflect")),
     (2, 3, 9, 28, 16, (5, 5), dict(padding=2, padding_mode="circular")),
-    (1, 2, 7, 33, 24, (4, 4), dict(padding="same", padding_mode="replicate")),  # uneven
-    (1, 4, 6, 32, 136, (3, 3), dict(padding=1)),                # 8.5 vectors: 3 + 3 + 2.5
+    (2, 2, 7, 33, 24, (4, 4), dict(padding="same", padding_mode="replicate")),  # uneven
+    (1, 4, 8, 32, 136, (3, 3), dict(padding=1)),                # 8.5 vectors: 3 + 3 + 2.5
     (3, 20, 5, 24, 32, (1, 1), {}),
-    (1, 1, 2, 50, 16, (3, 3), dict(padding=(1, 0))),            # rows of padding only
+    (4, 1, 2, 50, 16, (3, 3), dict(padding=(1, 0))),            # rows of padding only
+    # 1x1, stride 1: short rows taken as rows of another width (14x14 as 4 x 49; 7x7 as 49)
+    (4, 12, 14, 14, 24, (1, 1), {}),
+    (8, 8, 7, 7, 32, (1, 1), dict(groups=2)),
 ])
 def test_channels_last_kernel(rng, n, c, h, w, f, kernel, kwargs, dtype):
     """NHWC layers whose output rows hold two or more of the channels-last kernel's tiles
-    take it (filters in the lanes, the input copied as it lies, results straight into the
+    (and 8 rows over the batch) take it (filters in the lanes, the input copied as it lies, results straight into the
     output): exact against the reference, the same bits as NCHW, for any thread count,
     with ReLU, into out= and through views of x."""
     x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
@@ -2002,12 +2005,35 @@ def test_channels_last_kernel(rng, n, c, h, w, f, kernel, kwargs, dtype):
     assert_nhwc_exact_everywhere(x, weight, b, expected, **kwargs)
 
 
+def test_merged_rows():
+    """NHWC 1x1 layers with stride 1 and short rows: the channels-last kernel takes their
+    pixels in rows of another width, where x's rows follow one another; a call planned so
+    refuses x whose rows do not."""
+    from fastconv import _conv_plan, conv
+
+    assert _conv_plan.merged_row_width(196, 14, 12) == 49
+    assert _conv_plan.merged_row_width(49, 7, 12) == 49
+    assert _conv_plan.merged_row_width(3136, 56, 12) == 56        # rows long enough
+    assert _conv_plan.merged_row_width(23, 1, 12) == 1            # too few pixels
+    x = np.zeros((2, 14, 14, 16), np.float32)
+    weight = np.zeros((32, 16, 1, 1), np.float32)
+    width = _conv_plan.merged_row_width(196, 14, conv._kernels.LANES_PIXELS)  # 14 at AVX2
+    call = _conv_call(x, weight, layout="NHWC")
+    assert call.path == "channels_last" and call.runner.plan.col_src.shape == (1, width)
+    rows_apart = np.zeros((2, 14, 15, 16), np.float32)[:, :, :14]
+    if width != 14:
+        with pytest.raises(ValueError, match="strides"):
+            call.runner(rows_apart, weight)
+    call = _conv_call(rows_apart, weight, layout="NHWC")  # not merged
+    assert call.path == "gemm" or call.runner.plan.col_src.shape == (1, 14)
+
+
 def test_channels_last_rule():
     """The GEMM kernel keeps NHWC layers with short output rows, filters that leave a
     vector partly empty, and taps that skip input columns (see use_channels_last)."""
     lanes = 16
-    args = dict(out_w=56, per_group=64, kernel_w=3, stride_w=1, dilation_w=1, lanes=lanes,
-                tile_pixels=12, half_tail=True)
+    args = dict(rows=56, out_w=56, per_group=64, kernel_w=3, stride_w=1, dilation_w=1,
+                lanes=lanes, tile_pixels=12, half_tail=True)
     from fastconv._conv_plan import use_channels_last
     assert use_channels_last(**args)
     assert use_channels_last(**dict(args, per_group=24))          # 1.5 vectors
@@ -2017,6 +2043,7 @@ def test_channels_last_rule():
     assert not use_channels_last(**dict(args, per_group=8))       # half a vector only
     assert not use_channels_last(**dict(args, kernel_w=1, stride_w=2))
     assert use_channels_last(**dict(args, kernel_w=3, stride_w=2))
+    assert not use_channels_last(**dict(args, rows=4))            # too few bands for tasks
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
