@@ -2028,6 +2028,24 @@ def test_merged_rows():
     assert call.path == "gemm" or call.runner.plan.col_src.shape == (1, 14)
 
 
+@pytest.mark.parametrize("kernel, padding", [((3, 3), 1), ((1, 1), 0)])
+def test_channels_last_odd_views(rng, kernel, padding):
+    """The channels-last kernel (1x1: in merged rows) reads NHWC views with reversed rows,
+    columns or channels, broadcast pixels and Fortran order: the NCHW result of their
+    copies."""
+    base = rng.integers(-3, 4, (8, 7, 40, 20)).astype(np.float32)
+    weight = rng.integers(-3, 4, (32, 20) + kernel).astype(np.float32)
+    b = rng.integers(-3, 4, 32).astype(np.float32)
+    views = [base[:, ::-1, ::-1], base[..., ::-1], np.broadcast_to(base[:, :1, :1], base.shape),
+             np.asfortranarray(base)]
+    for view in views:
+        assert _conv_call(view, weight, padding=padding, layout="NHWC").path == "channels_last"
+        nchw = np.ascontiguousarray(view.transpose(0, 3, 1, 2))
+        expected = fastconv.conv2d(nchw, weight, b, padding=padding).transpose(0, 2, 3, 1)
+        assert_array_equal(fastconv.conv2d(view, weight, b, padding=padding, layout="NHWC",
+                                           num_threads=2), expected)
+
+
 def test_channels_last_rule():
     """The GEMM kernel keeps NHWC layers with short output rows, filters that leave a
     vector partly empty, and taps that skip input columns (see use_channels_last)."""
