@@ -203,6 +203,22 @@ cdef class _KernelCall:
             raise ValueError(f"out: {view.shape[0]} elements, the call writes {self.out_size}")
         return out
 
+    cdef int _weight_view(self, object weight, Py_ssize_t elements, _Arg *view) except -1:
+        """weight, checked: ``elements`` elements of the call's type, C-contiguous."""
+        _arg(weight, "weight", self.typenum, -1, False, True, view)
+        if view.shape[0] != elements:
+            raise ValueError(f"weight: {view.shape[0]} elements, the call reads {elements}")
+        return 0
+
+    cdef int _bias_view(self, object bias, Py_ssize_t n_filters, _Arg *view) except -1:
+        """bias, checked: ``n_filters`` elements of the call's type; None: view.data NULL."""
+        view.data = NULL
+        if bias is not None:
+            _arg(bias, "bias", self.typenum, -1, False, True, view)
+            if view.shape[0] != n_filters:
+                raise ValueError(f"bias: {view.shape[0]} elements, not {n_filters}")
+        return 0
+
     cdef int _run(self, const _Arg *x, object weight, object bias, char *out, char *scratch,
                   bint packed_here, object packed, object packed_bias, int threads) except -1:
         raise NotImplementedError
@@ -333,16 +349,9 @@ cdef class GemmCall(_KernelCall):
         cdef Py_ssize_t n_filters = self.groups * self.per_group
         cdef char *panels
         cdef char *panel_bias
-        _arg(weight, "weight", self.typenum, -1, False, True, &wv)
-        if wv.shape[0] != n_filters * self.depth:
-            raise ValueError(f"weight: {wv.shape[0]} elements, the call reads "
-                             f"{n_filters * self.depth}")
+        self._weight_view(weight, n_filters * self.depth, &wv)
         if packed_here:
-            bv.data = NULL
-            if bias is not None:
-                _arg(bias, "bias", self.typenum, -1, False, True, &bv)
-                if bv.shape[0] != n_filters:
-                    raise ValueError(f"bias: {bv.shape[0]} elements, not {n_filters}")
+            self._bias_view(bias, n_filters, &bv)
             panels = scratch + threads * self.scratch_per_thread * self.itemsize
             panel_bias = panels + self._panels_span() * self.itemsize
             with nogil:
@@ -435,15 +444,8 @@ cdef class DepthwiseCall(_KernelCall):
         cdef Py_ssize_t n_filters = self.x_shape[1] * self.multiplier
         if not packed_here:
             raise ValueError("DepthwiseCall takes no packed weights")
-        _arg(weight, "weight", self.typenum, -1, False, True, &wv)
-        if wv.shape[0] != n_filters * self.taps:
-            raise ValueError(f"weight: {wv.shape[0]} elements, the call reads "
-                             f"{n_filters * self.taps}")
-        bv.data = NULL
-        if bias is not None:
-            _arg(bias, "bias", self.typenum, -1, False, True, &bv)
-            if bv.shape[0] != n_filters:
-                raise ValueError(f"bias: {bv.shape[0]} elements, not {n_filters}")
+        self._weight_view(weight, n_filters * self.taps, &wv)
+        self._bias_view(bias, n_filters, &bv)
         if self.typenum == cnp.NPY_FLOAT32:
             _depthwise_forward(x, <const float *>wv.data, <const float *>bv.data,
                                <float *>out, <float *>scratch, &self.row_src, &self.col_src,
@@ -563,15 +565,8 @@ cdef class FilterLaneCall(_KernelCall):
         cdef _Arg wv, bv
         if not packed_here:
             raise ValueError("FilterLaneCall takes no packed weights")
-        _arg(weight, "weight", self.typenum, -1, False, True, &wv)
-        if wv.shape[0] != self.n_filters * self.x_shape[1] * self.taps:
-            raise ValueError(f"weight: {wv.shape[0]} elements, the call reads "
-                             f"{self.n_filters * self.x_shape[1] * self.taps}")
-        bv.data = NULL
-        if bias is not None:
-            _arg(bias, "bias", self.typenum, -1, False, True, &bv)
-            if bv.shape[0] != self.n_filters:
-                raise ValueError(f"bias: {bv.shape[0]} elements, not {self.n_filters}")
+        self._weight_view(weight, self.n_filters * self.x_shape[1] * self.taps, &wv)
+        self._bias_view(bias, self.n_filters, &bv)
         if self.typenum == cnp.NPY_FLOAT32:
             _filter_lanes_forward(x, <const float *>wv.data, <const float *>bv.data,
                                   self.n_filters, <float *>out, <float *>scratch,
@@ -693,15 +688,8 @@ cdef class ChannelsLastCall(_KernelCall):
         cdef Py_ssize_t n_filters = self.groups * self.per_group
         if not packed_here:
             raise ValueError("ChannelsLastCall takes no packed weights")
-        _arg(weight, "weight", self.typenum, -1, False, True, &wv)
-        if wv.shape[0] != n_filters * self.depth:
-            raise ValueError(f"weight: {wv.shape[0]} elements, the call reads "
-                             f"{n_filters * self.depth}")
-        bv.data = NULL
-        if bias is not None:
-            _arg(bias, "bias", self.typenum, -1, False, True, &bv)
-            if bv.shape[0] != n_filters:
-                raise ValueError(f"bias: {bv.shape[0]} elements, not {n_filters}")
+        self._weight_view(weight, n_filters * self.depth, &wv)
+        self._bias_view(bias, n_filters, &bv)
         if self.typenum == cnp.NPY_FLOAT32:
             _channels_last_forward(x, <const float *>wv.data, <const float *>bv.data,
                                    self.groups, self.per_group, <float *>out,

@@ -99,7 +99,7 @@ cdef void _channels_last_task(const _ChannelsLastJob *job, Py_ssize_t task, floa
     cdef Py_ssize_t n_filters = job.groups * job.per_group
     cdef floating *out = (<floating *>job.out
                           + (n * job.out_h + oh0) * out_w * n_filters)
-    cdef Py_ssize_t g, f0, p0, p, k, width, row_end, run, tile, vectors
+    cdef Py_ssize_t g, f0, p0, p, k, width, row_end, run, tile, vectors, chunks
     cdef const floating *a
     cdef const floating *b
     cdef const floating *bias_ptr
@@ -117,8 +117,8 @@ cdef void _channels_last_task(const _ChannelsLastJob *job, Py_ssize_t task, floa
             # the group's vectors in equal chunks: 4.5 vectors as 3 + 1.5, not 4 + one half
             # vector (a half vector's tiles are half empty)
             vectors = (job.per_group - f0 + lanes - 1) // lanes
-            nv = <int>((vectors + (vectors + FC_CL_VECTORS - 1) // FC_CL_VECTORS
-                        - 1) // ((vectors + FC_CL_VECTORS - 1) // FC_CL_VECTORS))
+            chunks = (vectors + FC_CL_VECTORS - 1) // FC_CL_VECTORS
+            nv = <int>((vectors + chunks - 1) // chunks)
             half = _half_tail(f0, job.per_group, nv, lanes)
             width = min(nv * lanes, job.per_group - f0)
             # the tile's vectors write exactly the group's filters, or go through the stage

@@ -103,10 +103,9 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
         width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=True)
 
     row_classes = _row_classes(kh, sh, dh)
-    bases, _, _, extra_rows = row_classes
 
     def slab_rows_of(rows):
-        return len(bases) * rows + sum(extra_rows)
+        return _slab_rows(row_classes, rows)
 
     rows, fblocks_per_task, slab_time = _split_tasks(
         out_h=out_h, out_w=out_w, pitch=pitch, nr=nr, lanes=lanes, mr=mr,
@@ -373,22 +372,15 @@ def channels_last_plan(*, n_images, channels, in_per_group, per_group, height, w
     kh, kw = kernel
     sh, sw = stride
     dh, dw = dilation
-    top, _, left, _ = pads
+    top, _, left, right = pads
+    # the padded columns the band reads, one phase (the pixels' offsets carry the stride)
     slab_w = (out_w - 1) * sw + (kw - 1) * dw + 1
-    col_src = np.ascontiguousarray(
-        source_index(np.arange(slab_w) - left, width, padding_mode)[None, :], dtype=np.intp)
-    first = min(left, slab_w)
-    col_inner = np.array([[first, max(first, min(left + width, slab_w)), -left]],
-                         dtype=np.intp)
+    _, _, col_src, col_inner, _, _, _ = _column_maps(width, slab_w, 1, 1, 1, left, right,
+                                                     padding_mode)
     row_classes = _row_classes(kh, sh, dh)
-    bases, _, _, extra_rows = row_classes
     row_pitch = channels * slab_w
-
-    def slab_rows_of(rows):
-        return len(bases) * rows + sum(extra_rows)
-
     rows = max(1, min(out_h, CHANNELS_LAST_TASK_PIXELS // out_w))
-    while rows > 1 and slab_rows_of(rows) * row_pitch * itemsize > SLAB_BYTES:
+    while rows > 1 and _slab_rows(row_classes, rows) * row_pitch * itemsize > SLAB_BYTES:
         rows -= 1
     while rows > 1 and n_images * -(-out_h // rows) < MIN_TASKS:
         rows = -(-rows // 2)
@@ -582,6 +574,12 @@ def _row_classes(kh, sh, dh):
         tap_step = offsets // sh
     extra_rows = [int(tap_step[tap_block == k].max()) for k in range(len(bases))]
     return bases, tap_block, tap_step, extra_rows
+
+
+def _slab_rows(row_classes, rows):
+    """Slab rows of a band of ``rows`` output rows (see _row_classes)."""
+    bases, _, _, extra_rows = row_classes
+    return len(bases) * rows + sum(extra_rows)
 
 
 def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=False):

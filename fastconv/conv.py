@@ -243,7 +243,8 @@ class _ConvCall(NamedTuple):
     path: str               # "empty", "bias" (no input channels), "depthwise", "lanes"
                             # (the filter-lane kernel), "channels_last" (NHWC, filters in
                             # lanes over bands) or "gemm"
-    runner: object          # the planned kernel call (_kernels.GemmCall or DepthwiseCall)
+    runner: object          # the planned kernel call (_kernels.GemmCall, DepthwiseCall,
+                            # FilterLaneCall or ChannelsLastCall)
     direct: bool            # x, weight and bias go to the kernel as they are (no conversion)
 
 
