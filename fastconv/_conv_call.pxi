@@ -167,7 +167,8 @@ cdef class _KernelCall:
         if (self.rows_per_task < 1  # checked first: it divides next
                 or self.row_src.shape[0]
                 < (self.out_h + self.rows_per_task - 1) // self.rows_per_task
-                or self.col_inner.shape[0] != self.col_src.shape[0]):
+                or plan.col_src.ndim != 2
+                or plan.col_inner.shape != (self.col_src.shape[0], 3)):
             raise ValueError(f"{type(self).__name__}: the plan's slab tables do not fit the call")
         return 0
 

@@ -41,6 +41,19 @@ PACK_ALL_DEPTH = 32
 # of channels; at 256 KiB a 7x7 layer with 512 filters at batch 8 ran 5% slower.
 STACK_PIXELS = 256
 STACK_STAGE_BYTES = 512 * 1024
+# Junk columns (see _column_maps) cost lanes: ResNet's 14x14 layer computes 4 vectors of
+# 16 for 4 rows of 15 columns, 3.5 for 4 rows of 14. One slab phase per tap has none, at the
+# price of kw copies of each input row. The split model weighs the copies' fill, not their
+# wider windows in the slab: the plan takes them where the model estimates TAP_PHASES_GAIN
+# less time for the same split, with at most TAP_PHASES_ADDED more phases than the stride's
+# (3x3 kernels), on maps the filter-lane kernel cannot take (LANES_MAX_PIXELS: its choice
+# weighs the GEMM plan's lanes). Measured on Zen 4, 2 threads, time with / without, on the
+# layers it takes among the benchmark suites and 32 random layers: float32 0.89-1.02
+# (resnet_14 0.93, down_28 0.95, s2_56 0.89), float64 0.90-1.01, AVX2 float32 0.87-1.10;
+# 5x5 and 7x7 kernels taken on the model's word alone (before _conv.pxi's TAP_SLAB_BYTES)
+# 0.92-1.33.
+TAP_PHASES_GAIN = 0.01
+TAP_PHASES_ADDED = 2
 
 
 class ConvPlan(NamedTuple):
@@ -99,20 +112,31 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
     top, _, left, right = pads
     fblocks = -(-per_group // mr)
 
-    phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap = _column_maps(
-        width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=True)
-
     row_classes = _row_classes(kh, sh, dh)
 
     def slab_rows_of(rows):
         return _slab_rows(row_classes, rows)
 
-    rows, fblocks_per_task, slab_time = _split_tasks(
-        out_h=out_h, out_w=out_w, pitch=pitch, nr=nr, lanes=lanes, mr=mr,
-        planes=n_images * groups,
-        fblocks=fblocks, depth=in_per_group * kh * kw,
-        fill_per_row_span=in_per_group * phases * pitch, slab_rows_of=slab_rows_of,
-        row_multiple=row_multiple, half_tail=half_tail)
+    def split(maps, given=None):
+        """(rows per task, filter blocks per task, estimated time) with these column maps:
+        the best split, or the given one."""
+        return _split_tasks(
+            out_h=out_h, out_w=out_w, pitch=maps[1], nr=nr, lanes=lanes, mr=mr,
+            planes=n_images * groups,
+            fblocks=fblocks, depth=in_per_group * kh * kw,
+            fill_per_row_span=in_per_group * maps[0] * maps[1], slab_rows_of=slab_rows_of,
+            row_multiple=row_multiple, half_tail=half_tail, given=given)
+
+    maps = _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=True)
+    rows, fblocks_per_task, slab_time = split(maps)
+    if (maps[1] > out_w and 0 < kw - maps[0] <= TAP_PHASES_ADDED
+            and out_h * out_w > LANES_MAX_PIXELS):
+        # Junk columns: one slab phase per tap instead (see TAP_PHASES_GAIN)
+        tap_maps = _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode,
+                                per_tap=True)
+        if split(tap_maps, (rows, fblocks_per_task))[2] < (1 - TAP_PHASES_GAIN) * slab_time:
+            maps = tap_maps
+    phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap = maps
     images_per_task = 0
     if nr > lanes and row_multiple == 1 and out_h * out_w <= STACK_PIXELS:
         # (not for the one-filter tile, nor for fused pooling's bands of whole windows)
@@ -582,13 +606,17 @@ def _slab_rows(row_classes, rows):
     return len(bases) * rows + sum(extra_rows)
 
 
-def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=False):
+def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right=False,
+                 per_tap=False):
     """The slab's columns: ``(phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap)``.
 
     Each input row is copied once per stride phase P; per phase, ``col_src`` holds the input
     column of each slab column (-1 = zero) and ``col_inner`` the linear interior
     ``[first, end)`` with its offset. Tap kw reads slab column ow + ``tap_shift[kw]`` of phase
     ``tap_phase[kw]``, so the pitch is out_w plus the largest shift (junk columns).
+
+    ``per_tap``: one phase per tap instead, tap kw's holding padded column ow * sw + kw * dw
+    at column ow: a pitch of out_w (no junk), kw copies of each input row.
 
     ``wrap_right`` (zero padding, stride 1, no more padding right than left): the slab rows
     hold the left padding and the input only, and a tap past a row's end reads the next
@@ -604,8 +632,12 @@ def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right
                              dtype=np.intp)
         return (1, pitch, col_src, col_inner, np.zeros(kw, dtype=np.intp),
                 np.arange(kw) * dw, right)
-    starts = sorted({(k * dw) % sw for k in range(kw)})
-    pitch = out_w + ((kw - 1) * dw) // sw
+    if per_tap:
+        starts = [k * dw for k in range(kw)]
+        pitch = out_w
+    else:
+        starts = sorted({(k * dw) % sw for k in range(kw)})
+        pitch = out_w + ((kw - 1) * dw) // sw
     padded_w = left + width + right
     idx = np.arange(pitch, dtype=np.intp)
     col_src = np.empty((len(starts), pitch), dtype=np.intp)
@@ -618,6 +650,8 @@ def _column_maps(width, out_w, kw, sw, dw, left, right, padding_mode, wrap_right
         first = min(max(-(offset // sw), 0), pitch)      # smallest q with q*sw + offset >= 0
         end = min(max((width - 1 - offset) // sw + 1, first), pitch)
         col_inner[i] = first, end, offset
+    if per_tap:
+        return kw, pitch, col_src, col_inner, np.arange(kw), np.zeros(kw, dtype=np.intp), 0
     taps = np.arange(kw) * dw
     tap_phase = np.searchsorted(starts, taps % sw)
     return len(starts), pitch, col_src, col_inner, tap_phase, taps // sw, 0
@@ -836,7 +870,7 @@ def _two_thread_makespan(plane_tasks, planes):
 
 
 def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
-                 fill_per_row_span, slab_rows_of, row_multiple, half_tail):
+                 fill_per_row_span, slab_rows_of, row_multiple, half_tail, given=None):
     """``(rows per task, filter blocks per task)``: the split with the least estimated time
     on two threads. A task computes its band's pixels over the pitch in tiles, for its
     filters, after filling the slab with all its band's input rows: splitting the filters
@@ -847,7 +881,9 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
     Two estimates of the arithmetic: whole tiles, or a band's last tile by the vectors it
     computes (the kernel does that). The second is truer but the model is rough, and close
     splits measure alike within noise: the split it prefers is taken only when it saves
-    TAIL_GAIN of the first's time (small maps, e.g. 7x7: a quarter)."""
+    TAIL_GAIN of the first's time (small maps, e.g. 7x7: a quarter).
+
+    ``given``: that split (rows per task, filter blocks per task) and its estimate instead."""
 
     def band_cost(band_rows, tails):
         """Arithmetic of a band for one block of filters in whole tiles; with tails, as the
@@ -871,6 +907,8 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
             plane_tasks.append(task_cost(last_rows, blocks, tails))
         return _two_thread_makespan(plane_tasks, planes), len(plane_tasks) * planes
 
+    if given is not None:
+        return given + (estimate(*given, True)[0],)
     splits = []
     for rows in range(row_multiple, out_h + row_multiple, row_multiple):
         if rows * pitch > MAX_TASK_PIXELS and rows > row_multiple:

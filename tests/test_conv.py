@@ -2157,3 +2157,125 @@ def test_cached_calls_do_not_accept_lookalike_arguments(rng, name, good, bad, er
     fastconv.conv2d(x, w, b, **{name: good})
     with pytest.raises(error):
         fastconv.conv2d(x, w, b, **{name: bad})
+
+
+@pytest.mark.parametrize("width, kw, sw, dw, left, right, mode", [
+    (14, 3, 1, 1, 1, 1, "zeros"),
+    (13, 3, 2, 1, 1, 1, "zeros"),
+    (20, 5, 1, 2, 4, 4, "reflect"),
+    (9, 3, 3, 1, 1, 0, "replicate"),
+    (26, 7, 3, 1, 3, 3, "circular"),
+    (10, 3, 1, 2, 0, 3, "zeros"),
+])
+def test_tap_phase_columns(width, kw, sw, dw, left, right, mode):
+    """One slab phase per tap: at column q, tap k's phase holds padded input column
+    q * sw + k * dw, for the output's columns only (no junk); its linear interior is exactly
+    the columns inside the input."""
+    from fastconv._conv_plan import _column_maps, source_index
+
+    out_w = (left + width + right - dw * (kw - 1) - 1) // sw + 1
+    phases, pitch, col_src, col_inner, tap_phase, tap_shift, wrap = _column_maps(
+        width, out_w, kw, sw, dw, left, right, mode, per_tap=True)
+    assert (phases, pitch, wrap) == (kw, out_w, 0)
+    assert_array_equal(tap_phase, np.arange(kw))
+    assert_array_equal(tap_shift, np.zeros(kw))
+    q = np.arange(out_w)
+    for k in range(kw):
+        column = q * sw + k * dw - left
+        assert_array_equal(col_src[k], source_index(column, width, mode))
+        first, end, offset = col_inner[k]
+        assert_array_equal(np.arange(first, end), q[(column >= 0) & (column < width)])
+        assert_array_equal(col_src[k, first:end], q[first:end] * sw + offset)
+
+
+def _gemm_columns(n, c, h, w, f, kernel, stride=(1, 1), dilation=(1, 1), itemsize=4):
+    """(phases, pitch) of the GEMM plan of a layer with "same"-style padding, for the
+    AVX-512 kernel's float32 tiles (8 filters x 2 vectors of 16 pixels)."""
+    from fastconv import _conv_plan
+
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    plan = _conv_plan.plan(
+        n_images=n, groups=1, in_per_group=c, per_group=f, height=h, width=w, out_h=out_h,
+        out_w=out_w, kernel=kernel, stride=stride, dilation=dilation, pads=(ph, ph, pw, pw),
+        padding_mode="zeros", mr=8, nr=32, lanes=16, itemsize=itemsize, half_tail=True)
+    return plan.col_src.shape, out_w
+
+
+def test_tap_phases_rule():
+    """The plan takes one slab phase per tap where junk columns cost many lanes (ResNet's
+    14x14 3x3 layer: 4 rows of 15 columns fill 4 vectors, of 14 columns 3.5; 3x3 with
+    stride 2 onto 28x28), not where they cost few (56x56), nor for 5x5 and 7x7 kernels
+    (kw - 1 more copies of each row than phases of the stride), nor on maps of at most
+    LANES_MAX_PIXELS pixels (the filter-lane kernel's choice weighs the GEMM plan's lanes)."""
+    assert _gemm_columns(1, 256, 14, 14, 256, (3, 3)) == ((3, 14), 14)
+    assert _gemm_columns(1, 96, 56, 56, 160, (3, 3), stride=(2, 2)) == ((3, 28), 28)
+    assert _gemm_columns(1, 64, 56, 56, 64, (3, 3)) == ((1, 57), 56)
+    assert _gemm_columns(1, 48, 28, 28, 96, (5, 5)) == ((1, 30), 28)
+    assert _gemm_columns(1, 24, 56, 56, 40, (7, 7)) == ((1, 59), 56)
+    # 12x12 maps, 2 and 3 junk columns: measured 1.07 and 0.95 of the time if taken
+    assert _gemm_columns(2, 192, 12, 12, 96, (5, 5)) == ((1, 14), 12)
+    assert _gemm_columns(1, 48, 12, 12, 96, (7, 7)) == ((1, 15), 12)
+    assert _gemm_columns(2, 96, 7, 7, 256, (3, 3), dilation=(2, 2)) == ((1, 9), 7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_tap_phases_any_layer(rng, monkeypatch, dtype):
+    """One slab phase per tap forced on every layer with junk columns (any kernel size,
+    stride, dilation and padding mode): the bits of the default columns for any thread
+    count and with ReLU and pooling fused; exact on integer inputs, NCHW and NHWC."""
+    from fastconv import _conv_plan, conv
+    from fastconv.conv import _conv2d
+
+    cases = [  # n, c, h, w, f, kernel, kwargs
+        (2, 5, 14, 14, 20, (3, 3), dict(padding=1)),
+        (1, 40, 16, 16, 24, (3, 3), dict(padding=1)),                 # chunks of channels
+        (1, 3, 17, 23, 9, (3, 3), dict(stride=2, padding=1)),
+        (2, 4, 12, 19, 16, (5, 5), dict(padding=(2, 3), dilation=(1, 2))),
+        (1, 6, 15, 15, 12, (3, 3), dict(padding=2, dilation=2, padding_mode="reflect")),
+        (1, 2, 23, 26, 8, (7, 7), dict(stride=3, padding=3, padding_mode="circular")),
+        (3, 8, 11, 25, 24, (3, 2), dict(padding=1, padding_mode="replicate", groups=2)),
+    ]
+
+    def pool_args(kwargs):
+        return (kwargs.get("stride", 1), kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                kwargs.get("groups", 1), kwargs.get("padding_mode", "zeros"), "NCHW", "relu",
+                None, None, 2)
+
+    inputs, default, junk = [], [], []
+    for n, c, h, w, f, kernel, kwargs in cases:
+        groups = kwargs.get("groups", 1)
+        x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel, groups=groups,
+                                   dtype=dtype)
+        inputs.append((x, weight, b))
+        pitch = _conv_call(x, weight, **kwargs).runner.plan.col_src.shape[1]
+        junk.append(pitch > fastconv.conv2d(x, weight, b, **kwargs).shape[3])
+        default.append((fastconv.conv2d(x, weight, b, **kwargs),
+                        _conv2d(x, weight, b, *pool_args(kwargs))))
+    assert sum(junk) >= len(cases) - 2  # mostly other columns by default (the rule, ISAs)
+    monkeypatch.setattr(_conv_plan, "TAP_PHASES_GAIN", -np.inf)
+    monkeypatch.setattr(_conv_plan, "TAP_PHASES_ADDED", 100)
+    _conv_plan.plan.cache_clear()
+    conv._forget_calls()
+    try:
+        for (n, c, h, w, f, kernel, kwargs), (x, weight, b), (plain, pooled) in zip(
+                cases, inputs, default):
+            call = _conv_call(x, weight, **kwargs)
+            assert call.path == "gemm"
+            assert call.runner.plan.col_src.shape == (kernel[1], plain.shape[3])
+            for threads in (1, 2, 3):
+                y = fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs)
+                assert_array_equal(y.view(np.uint8), plain.view(np.uint8))
+            assert_array_equal(_conv2d(x, weight, b, *pool_args(kwargs)).view(np.uint8),
+                               pooled.view(np.uint8))
+            x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel,
+                                       groups=kwargs.get("groups", 1), integer=True,
+                                       dtype=dtype)
+            expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+            assert_array_equal(fastconv.conv2d(x, weight, b, **kwargs), expected)
+            assert_nhwc_exact_everywhere(x, weight, b, expected, **kwargs)
+    finally:
+        _conv_plan.plan.cache_clear()
+        conv._forget_calls()
