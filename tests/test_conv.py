@@ -1416,6 +1416,15 @@ def test_planned_call_checks_its_arrays(rng):
         with pytest.raises(ValueError, match=table):
             conv._kernels.GemmCall(plan._replace(**{table: getattr(plan, table) + 9}),
                                    np.float32, x.shape, out.shape, **kwargs)
+    # col_inner: (phases, 3), the kernel reading each phase's [first, end) and offset
+    for inner in (plan.col_inner[:, :2].copy(), plan.col_inner.ravel(),
+                  np.concatenate([plan.col_inner, plan.col_inner])):
+        with pytest.raises(ValueError, match="slab tables"):
+            conv._kernels.GemmCall(plan._replace(col_inner=inner), np.float32, x.shape,
+                                   out.shape, **kwargs)
+    with pytest.raises(ValueError, match="slab tables"):
+        conv._kernels.GemmCall(plan._replace(col_src=plan.col_src.ravel()), np.float32,
+                               x.shape, out.shape, **kwargs)
     # A stacked plan's pixel map must keep every read below the panels.
     small = np.zeros((4, 4, 2, 2), np.float32)
     stacked, *_ = conv._validate(small, np.zeros((16, 4, 3, 3), np.float32), None, 1, 1, 1,
