@@ -66,6 +66,8 @@
 #define FC_HU fc_hf32_u
 #define FC_HI fc_hi32
 #define FC_NAME(stem) stem##_f32
+#define FC_ASM_TYPE "ps"            /* the instruction suffix and the embedded broadcast */
+#define FC_ASM_BCAST "%{1to16%}"    /* of a full vector, for inline assembly (AVX-512) */
 #include "_conv_microkernel_impl.h"
 
 #define FC_T double
@@ -77,6 +79,8 @@
 #define FC_HU fc_hf64_u
 #define FC_HI fc_hi64
 #define FC_NAME(stem) stem##_f64
+#define FC_ASM_TYPE "pd"
+#define FC_ASM_BCAST "%{1to8%}"
 #include "_conv_microkernel_impl.h"
 
 #endif

@@ -57,10 +57,25 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
         const FC_T *ar = a + r * a_row;
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
+#if FC_VEC_BYTES == 64 && !defined(__SANITIZE_ADDRESS__)
+            /* Each FMA broadcasts the weight from memory itself (AVX-512's embedded
+             * broadcast), where GCC would load it once into a register for the tile's
+             * vectors: one instruction fewer per weight. Same operation, same bits;
+             * measured on Zen 4, 2 threads, interleaved: 0.96-1.00 of the time over 20
+             * float32 layers (resnet_28 0.96, resnet_56 0.97, 4 groups 0.90), float64
+             * 0.96-1.03. (AddressSanitizer does not see loads in assembly: its builds
+             * keep the C below.) */
+#pragma GCC unroll 4
+            for (int v = 0; v < nf; v++)
+                __asm__("vfmadd231" FC_ASM_TYPE " %[w]" FC_ASM_BCAST ", %[b], %[acc]"
+                        : [acc] "+v"(acc[i][v]) : [b] "v"(bv[v]), [w] "m"(ar[i * a_filter]));
+            FC_IF_HALF(acch[i] += bh * ar[i * a_filter];);
+#else
             const FC_T w = ar[i * a_filter];
 #pragma GCC unroll 4
             for (int v = 0; v < nf; v++) acc[i][v] += bv[v] * w;
             FC_IF_HALF(acch[i] += bh * w;);
+#endif
         }
     }
     if (relu) {
@@ -647,6 +662,8 @@ static inline void FC_NAME(fc_lanes_step)(
 }
 
 #undef FC_IF_HALF
+#undef FC_ASM_TYPE
+#undef FC_ASM_BCAST
 #undef FC_T
 #undef FC_V
 #undef FC_VU
