@@ -450,19 +450,20 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             n_images=n_images, groups=groups, in_per_group=in_per_group, per_group=per_group,
             mr=_kernels.MR, nr=nr, lanes=tile_lanes, half_tail=half_tail, **geometry)
         fill = _conv_plan.pixel_fill(layout_plan, out_h, out_w, tile_lanes, nr, half_tail)
+        # the kernels without fused pooling take the geometry without its row multiple
+        unpooled = {k: v for k, v in geometry.items() if k != "row_multiple"}
         lane_plan = None
         if _conv_plan.filter_lanes_fit(n_images=n_images, groups=groups,
                                        depth=in_per_group * kh * kw, out_h=out_h, out_w=out_w,
                                        lanes=lanes, row_multiple=pool):
-            lane_geometry = {k: v for k, v in geometry.items() if k != "row_multiple"}
             lane_plan = _conv_plan.filter_lane_plan(
                 n_images=n_images, in_channels=channels, n_filters=n_filters, lanes=lanes,
-                tile_pixels=_kernels.LANES_PIXELS, **lane_geometry)
+                tile_pixels=_kernels.LANES_PIXELS, **unpooled)
         # NHWC 1x1 layers with stride 1 and no padding map pixels to pixels: where x's rows
         # follow one another, the channels-last kernel may take (H, W) as rows of another
         # width, so that short rows do not leave it tails as large as its runs.
         cl_x_shape = x.shape
-        cl_geometry = {k: v for k, v in geometry.items() if k != "row_multiple"}
+        cl_geometry = dict(unpooled)
         if (channels_last and kh == kw == 1 and (sh, sw) == (1, 1) and not any(pads)
                 and x.strides[-3] == x.shape[-2] * x.strides[-2]):
             cl_w = _conv_plan.merged_row_width(out_h * out_w, out_w, _kernels.LANES_PIXELS)
