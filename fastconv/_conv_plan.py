@@ -211,7 +211,8 @@ class FilterLanePlan(NamedTuple):
     interleave: int          # a task's images in groups of this many, their pixels
                              # position by position (_lane_tiles)
     work: float              # the share of the taps that the tiles compute, weighted by
-                             # the cost of interleaving (LANES_INTERLEAVE_COST)
+                             # the cost of interleaving (LANES_INTERLEAVE_COST) and by
+                             # the balance of two threads over the tasks
     rows_per_task: int       # out_h
     channels_per_chunk: int
     images_per_task: int
@@ -238,6 +239,15 @@ class FilterLanePlan(NamedTuple):
 LANES_GAIN = 0.75
 LANES_STACKED_FILTERS = 64
 LANES_MAX_PIXELS = 64
+# Larger maps, up to LANES_LARGE_PIXELS, with kernels of at least LANES_LARGE_TAPS taps (5x5,
+# 7x7, dilated): their edges read zero padding with many taps, which the filter-lane kernel
+# skips and the GEMM kernel computes. Measured on Zen 4, 2 threads, filter-lane / GEMM time
+# over 9x9 to 16x16 maps the same rule takes: 0.66-0.97 on 18 layers of 5x5 and 7x7 (a
+# 14x14 map under 7x7 with dilation 2, 161 -> 72 channels: 0.82), 1.03 and 1.06 on two
+# batch-1 7x7 layers of 32 -> 48 channels (0.12-0.15 ms); 3x3 kernels (dilated 2-3) 0.85-1.19,
+# so they stay on GEMM.
+LANES_LARGE_PIXELS = 256
+LANES_LARGE_TAPS = 25
 LANES_MIN_WORK = 65536
 # Pixels per task: the packed weights serve them all. Reduction rows per chunk of channels
 # and bytes of packed weights per task at most (an L2's share). Where several blocks of
@@ -276,11 +286,14 @@ def pixel_fill(gemm_plan, out_h, out_w, lanes, nr, half_tail):
     return out_h * out_w / computed
 
 
-def filter_lanes_fit(*, n_images, groups, depth, out_h, out_w, lanes, row_multiple=1):
-    """Whether the filter-lane kernel can take the call: small maps of one group, enough
-    work (``depth``: reduction rows) and no fused pooling."""
+def filter_lanes_fit(*, n_images, groups, depth, taps, out_h, out_w, lanes, row_multiple=1):
+    """Whether the filter-lane kernel can take the call: small maps of one group (larger
+    ones under kernels of many ``taps``), enough work (``depth``: reduction rows) and no
+    fused pooling."""
     pixels = out_h * out_w
-    return (groups == 1 and row_multiple == 1 and lanes > 1 and pixels <= LANES_MAX_PIXELS
+    small = pixels <= LANES_MAX_PIXELS or (pixels <= LANES_LARGE_PIXELS
+                                           and taps >= LANES_LARGE_TAPS)
+    return (groups == 1 and row_multiple == 1 and lanes > 1 and small
             and n_images * pixels * depth >= LANES_MIN_WORK)
 
 
@@ -359,6 +372,13 @@ def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, 
         if best is None or work < best[0]:
             best = work, interleave, tap_rows, tile_rows, pixel_src
     work, interleave, tap_rows, tile_rows, pixel_src = best
+    # A task per block of images and chunk of filters: under MIN_TASKS of them, two threads
+    # may wait on one (one 11x11 map under 7x7, 157 -> 48 filters, in 3 tasks: 1.10 of the
+    # GEMM kernel's time; 22x22 under 7x7 with stride 2, 209 -> 16 filters, in one: 1.30).
+    # With more, the model weighed it worse than measured (9 tasks: 0.85-1.08).
+    n_tasks = tasks(images, fvecs_per_task)
+    if n_tasks < MIN_TASKS:
+        work *= -(-n_tasks // 2) / (n_tasks / 2)
     packed = -(-fvecs // fvecs_per_task) * fvecs_per_task * lanes * in_channels * taps
     shared = n_images > images and packed * itemsize <= LANES_SHARED_BYTES
     # after the images' slabs, a task's packed weights unless they are packed once (shared)

@@ -454,7 +454,8 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
         unpooled = {k: v for k, v in geometry.items() if k != "row_multiple"}
         lane_plan = None
         if _conv_plan.filter_lanes_fit(n_images=n_images, groups=groups,
-                                       depth=in_per_group * kh * kw, out_h=out_h, out_w=out_w,
+                                       depth=in_per_group * kh * kw, taps=kh * kw,
+                                       out_h=out_h, out_w=out_w,
                                        lanes=lanes, row_multiple=pool):
             lane_plan = _conv_plan.filter_lane_plan(
                 n_images=n_images, in_channels=channels, n_filters=n_filters, lanes=lanes,

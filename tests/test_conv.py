@@ -1557,6 +1557,10 @@ def test_filter_lanes(rng, filter_lanes_everywhere, n, c, h, w, f, kernel, kwarg
     (13, 9, 7, 7, 20, (5, 5), dict(stride=2, dilation=2, padding=4)),  # a last, smaller block
     (5, 12, 2, 2, 17, (3, 3), dict(padding=3)),                  # pixels that read no input
     (7, 11, 8, 8, 24, (5, 3), dict(stride=(1, 2), padding=(2, 3, 1, 0))),  # uneven padding
+    # maps over LANES_MAX_PIXELS, under kernels of LANES_LARGE_TAPS taps or more
+    (2, 9, 14, 14, 20, (7, 7), dict(dilation=2, padding=6)),     # 196 pixels
+    (1, 5, 16, 16, 33, (5, 5), dict(padding=2)),                 # 256: the largest
+    (3, 7, 25, 23, 18, (5, 5), dict(stride=2, padding=(4, 1), dilation=(2, 1))),  # 13x11
 ])
 def test_filter_lanes_skip_padding_taps(rng, monkeypatch, filter_lanes_everywhere, n, c, h, w,
                                         f, kernel, kwargs, interleave, dtype):
@@ -1684,6 +1688,27 @@ def test_skipped_padding_taps_keep_non_finite_weights(rng, filter_lanes_everywhe
     for threads in (1, 2):
         assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads, **kwargs),
                            expected)
+
+
+@pytest.mark.parametrize("n, c, h, f, kernel, kwargs, path", [
+    # 14x14 under 7x7 dilated by 2: half the taps read padding, which the GEMM kernel
+    # computes (measured 0.82 of its time on the filter-lane kernel, 5 tasks)
+    (1, 161, 14, 72, (7, 7), dict(dilation=2, padding=6), "lanes"),
+    (8, 64, 11, 64, (5, 5), dict(dilation=2, padding=4), "lanes"),
+    (8, 64, 14, 64, (3, 3), dict(dilation=3, padding=3), "gemm"),   # 3x3: too few taps
+    (1, 64, 17, 64, (7, 7), dict(padding=3), "gemm"),               # 289 pixels
+    # one task (16 filters, one image) would leave a thread idle
+    (1, 209, 22, 16, (7, 7), dict(stride=2, padding=3), "gemm"),
+])
+def test_filter_lanes_rule_for_larger_maps(rng, n, c, h, f, kernel, kwargs, path):
+    """Maps of 65-256 pixels take the filter-lane kernel under kernels of 25 taps or more
+    where its skipped padding taps repay it (AVX-512 float32), not under 3x3 kernels, on
+    larger maps, nor where its tasks would be too few for two threads."""
+    x, weight, _ = make_inputs(rng, n=n, c=c, h=h, w=h, f=f, kernel=kernel)
+    call = _conv_call(x, weight, **kwargs)
+    if fastconv.conv._kernels.ISA == "avx512":
+        assert call.path == path
+    assert call.path in ("lanes", "gemm")
 
 
 def test_filter_lanes_taken_for_small_strided_maps(rng):
