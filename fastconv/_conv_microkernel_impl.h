@@ -592,17 +592,24 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
 }
 
 /* fc_lanes_body for np = 1 .. FC_LANES_NP pixels and nv = 1 or 2 vectors of filters, the
- * last one half if half (FC_HALF_TAIL only). */
+ * last one half if half (FC_HALF_TAIL only); consecutive: pixel p at pix[0] + p, read
+ * through one pointer (fc_lanes_body's step 1), else at pix[p]. */
 static inline void FC_NAME(fc_lanes)(
     Py_ssize_t depth, const FC_T *restrict a, const FC_T *restrict b,
     const Py_ssize_t *restrict rows, const Py_ssize_t *restrict pix, FC_T *restrict c,
-    Py_ssize_t ldc, const FC_T *restrict bias, int relu, int np, int nv, int half)
+    Py_ssize_t ldc, const FC_T *restrict bias, int relu, int np, int nv, int half,
+    int consecutive)
 {
 #if FC_LANES_NP != 12 && FC_LANES_NP != 6
 #error "fc_lanes is written for FC_LANES_NP 6 or 12"
 #endif
-#define FC_LB(n, v, h) FC_NAME(fc_lanes_body)(depth, a, b, rows, pix, c, ldc, \
-                                              bias, relu, n, v, h, 0)
+#define FC_LB(n, v, h) \
+    do { \
+        if (consecutive) \
+            FC_NAME(fc_lanes_body)(depth, a, b, rows, pix, c, ldc, bias, relu, n, v, h, 1); \
+        else \
+            FC_NAME(fc_lanes_body)(depth, a, b, rows, pix, c, ldc, bias, relu, n, v, h, 0); \
+    } while (0)
 #if FC_HALF_TAIL
 #define FC_L(n) \
     case n: \
