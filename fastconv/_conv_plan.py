@@ -237,6 +237,15 @@ class FilterLanePlan(NamedTuple):
 # larger than 1x1: 24 random stacked layers forced onto it measured 0.64-0.93 with 32-64
 # filters (a 1x1 layer with 64: 1.07, its panels copied from x), 0.95-1.27 with 96-256.
 LANES_GAIN = 0.75
+# With row tiles (LANES_ROW_TILE_WIDTH) and LANES_BATCH_PIXELS output pixels or more over the
+# batch (its weights, packed per call, then serve many pixels), the filter-lane kernel
+# computes a tap about as fast as the GEMM kernel: LANES_BATCH_GAIN leaves it a 10% margin.
+# Measured on Zen 4, 2 threads, filter-lane / GEMM time where it is taken: 0.76-0.98 on 25
+# layers, float32, float64 and NHWC (64 x 7x7, 170 -> 47 channels, 3x3: 0.84; 32 x 14x14,
+# 32 -> 64, 5x5: 0.85); forced on 3x3 layers the model leaves on GEMM, 0.96-1.04 (8 x 14x14,
+# 256 channels: 0.96; 64 x 14x14, 20 -> 36: 1.04), and 1.15 on one 7x7 map of 512 channels.
+LANES_BATCH_GAIN = 0.9
+LANES_BATCH_PIXELS = 1024
 LANES_STACKED_FILTERS = 64
 LANES_MAX_PIXELS = 64
 # Larger maps, up to LANES_LARGE_PIXELS, with kernels of at least LANES_LARGE_TAPS taps (5x5,
@@ -304,19 +313,22 @@ def filter_lanes_fit(*, n_images, groups, depth, taps, out_h, out_w, lanes, row_
             and n_images * pixels * depth >= LANES_MIN_WORK)
 
 
-def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_tail=False):
+def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_tail=False,
+                     pixels=0):
     """Whether conv2d runs on the filter-lane kernel (if it fits, filter_lanes_fit) rather
     than the GEMM kernel whose pixels fill ``fill`` of its lanes (pixel_fill; ``stacked``:
     its plan stacks images): filters that fill their vectors (a last one of at most half its
     lanes as a half vector with ``half_tail``) much better than the GEMM kernel's pixels
     fill theirs (the GEMM kernel computes every tap, the filter-lane kernel ``work`` of
-    them, FilterLanePlan.work), or few filters of more than one tap where the GEMM kernel
+    them, FilterLanePlan.work; by a smaller margin over ``pixels`` output pixels of the
+    batch, LANES_BATCH_GAIN), or few filters of more than one tap where the GEMM kernel
     gathers stacked images."""
     computed = -(-per_group // lanes) * lanes
     if _ends_in_half(per_group, lanes, half_tail):
         computed -= lanes // 2
     filter_fill = per_group / computed
-    return (fill * work < LANES_GAIN * filter_fill
+    gain = LANES_BATCH_GAIN if pixels >= LANES_BATCH_PIXELS else LANES_GAIN
+    return (fill * work < gain * filter_fill
             or (stacked and taps > 1 and per_group <= LANES_STACKED_FILTERS))
 
 

@@ -474,7 +474,7 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
         if lane_plan is not None and _conv_plan.use_filter_lanes(
                 per_group=per_group, taps=kh * kw, lanes=lanes, fill=fill,
                 stacked=layout_plan.images_per_task > 0, work=lane_plan.work,
-                half_tail=_kernels.HALF_TAIL):
+                half_tail=_kernels.HALF_TAIL, pixels=n_images * out_h * out_w):
             path = "lanes"
             layout_plan = lane_plan
             runner = _kernels.FilterLaneCall(

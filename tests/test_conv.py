@@ -1737,6 +1737,22 @@ def test_filter_lanes_rule_for_larger_maps(rng, n, c, h, f, kernel, kwargs, path
     assert call.path in ("lanes", "gemm")
 
 
+@pytest.mark.parametrize("n, c, h, f, kernel, kwargs, path", [
+    (64, 170, 7, 47, (3, 3), dict(padding=1), "lanes"),   # 3136 pixels over the batch
+    (32, 32, 14, 64, (5, 5), dict(padding=2), "lanes"),
+    (1, 200, 7, 120, (3, 3), dict(padding=1), "gemm"),    # 49: weights packed for few
+    (64, 64, 7, 64, (1, 1), {}, "gemm"),                   # stacked: every lane a pixel
+])
+def test_filter_lanes_rule_for_batches(rng, n, c, h, f, kernel, kwargs, path):
+    """Over 1024 output pixels of a batch or more, the filter-lane kernel is taken where it
+    computes under 0.9 of the GEMM kernel's lanes (AVX-512 float32), not 0.75."""
+    x, weight, _ = make_inputs(rng, n=n, c=c, h=h, w=h, f=f, kernel=kernel)
+    call = _conv_call(x, weight, **kwargs)
+    if fastconv.conv._kernels.ISA == "avx512":
+        assert call.path == path
+    assert call.path in ("lanes", "gemm")
+
+
 def test_filter_lanes_taken_for_small_strided_maps(rng):
     """64 images of 7x7 -> 4x4 with 23 filters of 7x7 (stride 2): the GEMM kernel's vectors
     would hold 16 pixels in 32 lanes, so the filter-lane kernel runs (AVX-512, float32)."""
