@@ -248,15 +248,15 @@ LANES_BATCH_GAIN = 0.9
 LANES_BATCH_PIXELS = 1024
 LANES_STACKED_FILTERS = 64
 LANES_MAX_PIXELS = 64
-# Larger maps, up to LANES_LARGE_PIXELS, with kernels of at least LANES_LARGE_TAPS taps (5x5,
-# 7x7, dilated): their edges read zero padding with many taps, which the filter-lane kernel
-# skips and the GEMM kernel computes. Measured on Zen 4, 2 threads, filter-lane / GEMM time
-# over 9x9 to 16x16 maps the same rule takes: 0.66-0.97 on 18 layers of 5x5 and 7x7 (a
-# 14x14 map under 7x7 with dilation 2, 161 -> 72 channels: 0.82), 1.03 and 1.06 on two
-# batch-1 7x7 layers of 32 -> 48 channels (0.12-0.15 ms); 3x3 kernels (dilated 2-3) 0.85-1.19,
-# so they stay on GEMM.
+# Larger maps, up to LANES_LARGE_PIXELS, with kernels of at least LANES_LARGE_TAPS taps
+# (3x3 and up, dilated): their edges read zero padding with many taps, which the filter-lane
+# kernel skips and the GEMM kernel computes. Measured on Zen 4, 2 threads, filter-lane /
+# GEMM time over 9x9 to 16x16 maps the same rule takes: 0.66-0.97 on 18 layers of 5x5 and
+# 7x7 (a 14x14 map under 7x7 with dilation 2, 161 -> 72 channels: 0.82), 1.03 and 1.06 on
+# two batch-1 7x7 layers of 32 -> 48 channels (0.12-0.15 ms); with row tiles (below), 3x3
+# kernels 0.79-0.98 on 10 layers (8 x 14x14 dilated by 3: 0.95, 1.19 before row tiles).
 LANES_LARGE_PIXELS = 256
-LANES_LARGE_TAPS = 25
+LANES_LARGE_TAPS = 9
 LANES_MIN_WORK = 65536
 # Pixels per task: the packed weights serve them all. Reduction rows per chunk of channels
 # and bytes of packed weights per task at most (an L2's share). Where several blocks of

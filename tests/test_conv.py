@@ -1721,14 +1721,15 @@ def test_filter_lane_tiles_follow_rows(rng, filter_lanes_everywhere, h, w, kerne
     # computes (measured 0.82 of its time on the filter-lane kernel, 5 tasks)
     (1, 161, 14, 72, (7, 7), dict(dilation=2, padding=6), "lanes"),
     (8, 64, 11, 64, (5, 5), dict(dilation=2, padding=4), "lanes"),
-    (8, 64, 14, 64, (3, 3), dict(dilation=3, padding=3), "gemm"),   # 3x3: too few taps
+    (8, 64, 14, 64, (3, 3), dict(dilation=3, padding=3), "lanes"),
+    (8, 64, 14, 64, (1, 7), dict(dilation=3, padding=(0, 9)), "gemm"),  # 7 taps: too few
     (1, 64, 17, 64, (7, 7), dict(padding=3), "gemm"),               # 289 pixels
     # one task (16 filters, one image) would leave a thread idle
     (1, 209, 22, 16, (7, 7), dict(stride=2, padding=3), "gemm"),
 ])
 def test_filter_lanes_rule_for_larger_maps(rng, n, c, h, f, kernel, kwargs, path):
-    """Maps of 65-256 pixels take the filter-lane kernel under kernels of 25 taps or more
-    where its skipped padding taps repay it (AVX-512 float32), not under 3x3 kernels, on
+    """Maps of 65-256 pixels take the filter-lane kernel under kernels of 9 taps or more
+    where its skipped padding taps repay it (AVX-512 float32), not under fewer taps, on
     larger maps, nor where its tasks would be too few for two threads."""
     x, weight, _ = make_inputs(rng, n=n, c=c, h=h, w=h, f=f, kernel=kernel)
     call = _conv_call(x, weight, **kwargs)
