@@ -254,8 +254,9 @@ LANES_MAX_PIXELS = 64
 # GEMM time over 9x9 to 16x16 maps the same rule takes: 0.66-0.97 on 18 layers of 5x5 and
 # 7x7 (a 14x14 map under 7x7 with dilation 2, 161 -> 72 channels: 0.82), 1.03 and 1.06 on
 # two batch-1 7x7 layers of 32 -> 48 channels (0.12-0.15 ms); with row tiles (below), 3x3
-# kernels 0.79-0.98 on 10 layers (8 x 14x14 dilated by 3: 0.95, 1.19 before row tiles).
-LANES_LARGE_PIXELS = 256
+# kernels 0.79-0.98 on 10 layers (8 x 14x14 dilated by 3: 0.95, 1.19 before row tiles);
+# maps of 257-1024 pixels (up to 32x32) 0.71-0.98 on 22 layers of batch 1-64.
+LANES_LARGE_PIXELS = 1024
 LANES_LARGE_TAPS = 9
 LANES_MIN_WORK = 65536
 # Pixels per task: the packed weights serve them all. Reduction rows per chunk of channels

@@ -1559,7 +1559,8 @@ def test_filter_lanes(rng, filter_lanes_everywhere, n, c, h, w, f, kernel, kwarg
     (7, 11, 8, 8, 24, (5, 3), dict(stride=(1, 2), padding=(2, 3, 1, 0))),  # uneven padding
     # maps over LANES_MAX_PIXELS, under kernels of LANES_LARGE_TAPS taps or more
     (2, 9, 14, 14, 20, (7, 7), dict(dilation=2, padding=6)),     # 196 pixels
-    (1, 5, 16, 16, 33, (5, 5), dict(padding=2)),                 # 256: the largest
+    (1, 5, 16, 16, 33, (5, 5), dict(padding=2)),                 # 256
+    (1, 3, 32, 32, 17, (3, 3), dict(dilation=2, padding=2)),     # 1024: the largest
     (3, 7, 25, 23, 18, (5, 5), dict(stride=2, padding=(4, 1), dilation=(2, 1))),  # 13x11
 ])
 def test_filter_lanes_skip_padding_taps(rng, monkeypatch, filter_lanes_everywhere, n, c, h, w,
@@ -1723,12 +1724,13 @@ def test_filter_lane_tiles_follow_rows(rng, filter_lanes_everywhere, h, w, kerne
     (8, 64, 11, 64, (5, 5), dict(dilation=2, padding=4), "lanes"),
     (8, 64, 14, 64, (3, 3), dict(dilation=3, padding=3), "lanes"),
     (8, 64, 14, 64, (1, 7), dict(dilation=3, padding=(0, 9)), "gemm"),  # 7 taps: too few
-    (1, 64, 17, 64, (7, 7), dict(padding=3), "gemm"),               # 289 pixels
+    (1, 64, 33, 64, (7, 7), dict(padding=3), "gemm"),               # 1089 pixels
+    (2, 15, 24, 141, (7, 7), dict(dilation=2, padding=6), "lanes"),  # 576
     # one task (16 filters, one image) would leave a thread idle
     (1, 209, 22, 16, (7, 7), dict(stride=2, padding=3), "gemm"),
 ])
 def test_filter_lanes_rule_for_larger_maps(rng, n, c, h, f, kernel, kwargs, path):
-    """Maps of 65-256 pixels take the filter-lane kernel under kernels of 9 taps or more
+    """Maps of 65-1024 pixels take the filter-lane kernel under kernels of 9 taps or more
     where its skipped padding taps repay it (AVX-512 float32), not under fewer taps, on
     larger maps, nor where its tasks would be too few for two threads."""
     x, weight, _ = make_inputs(rng, n=n, c=c, h=h, w=h, f=f, kernel=kernel)
