@@ -246,6 +246,11 @@ LANES_GAIN = 0.75
 # 256 channels: 0.96; 64 x 14x14, 20 -> 36: 1.04), and 1.15 on one 7x7 map of 512 channels.
 LANES_BATCH_GAIN = 0.9
 LANES_BATCH_PIXELS = 1024
+# NHWC layers the channels-last kernel takes (rows of 24 pixels or more) go to the filter-lane
+# kernel only under kernels of this many taps or more, whose padding it skips: measured
+# 0.75-0.91 of the channels-last kernel's time on four 5x5 and 7x7 layers of 24x24 to 31x31
+# maps, 1.13 on 8 x 7x40 maps under 3x3.
+LANES_OVER_CHANNELS_LAST_TAPS = 25
 LANES_STACKED_FILTERS = 64
 LANES_MAX_PIXELS = 64
 # Larger maps, up to LANES_LARGE_PIXELS, with kernels of at least LANES_LARGE_TAPS taps
@@ -315,7 +320,7 @@ def filter_lanes_fit(*, n_images, groups, depth, taps, out_h, out_w, lanes, row_
 
 
 def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_tail=False,
-                     pixels=0):
+                     pixels=0, channels_last_fits=False):
     """Whether conv2d runs on the filter-lane kernel (if it fits, filter_lanes_fit) rather
     than the GEMM kernel whose pixels fill ``fill`` of its lanes (pixel_fill; ``stacked``:
     its plan stacks images): filters that fill their vectors (a last one of at most half its
@@ -323,7 +328,11 @@ def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_ta
     fill theirs (the GEMM kernel computes every tap, the filter-lane kernel ``work`` of
     them, FilterLanePlan.work; by a smaller margin over ``pixels`` output pixels of the
     batch, LANES_BATCH_GAIN), or few filters of more than one tap where the GEMM kernel
-    gathers stacked images."""
+    gathers stacked images. Where the channels-last kernel would take the layer instead
+    (``channels_last_fits``: NHWC, no junk columns), only under kernels of at least
+    LANES_OVER_CHANNELS_LAST_TAPS taps."""
+    if channels_last_fits and taps < LANES_OVER_CHANNELS_LAST_TAPS:
+        return False
     computed = -(-per_group // lanes) * lanes
     if _ends_in_half(per_group, lanes, half_tail):
         computed -= lanes // 2

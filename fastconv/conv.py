@@ -471,21 +471,22 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
             cl_h = out_h * out_w // cl_w
             cl_x_shape = x.shape[:-3] + (cl_h, cl_w, channels)
             cl_geometry.update(height=cl_h, width=cl_w, out_h=cl_h, out_w=cl_w)
+        channels_last_fits = channels_last and pool == 1 and _conv_plan.use_channels_last(
+            rows=n_images * cl_geometry["out_h"], out_w=cl_geometry["out_w"],
+            per_group=per_group, kernel_w=kw, stride_w=sw, dilation_w=dw, lanes=lanes,
+            tile_pixels=_kernels.LANES_PIXELS, half_tail=_kernels.HALF_TAIL)
         if lane_plan is not None and _conv_plan.use_filter_lanes(
                 per_group=per_group, taps=kh * kw, lanes=lanes, fill=fill,
                 stacked=layout_plan.images_per_task > 0, work=lane_plan.work,
-                half_tail=_kernels.HALF_TAIL, pixels=n_images * out_h * out_w):
+                half_tail=_kernels.HALF_TAIL, pixels=n_images * out_h * out_w,
+                channels_last_fits=channels_last_fits):
             path = "lanes"
             layout_plan = lane_plan
             runner = _kernels.FilterLaneCall(
                 layout_plan, dtype, x.shape, shape, channels_last=channels_last,
                 n_filters=n_filters, kernel=(kh, kw), stride_w=sw, out_hw=(out_h, out_w),
                 relu=activation == "relu", workspace=_workspace)
-        elif channels_last and pool == 1 and _conv_plan.use_channels_last(
-                rows=n_images * cl_geometry["out_h"], out_w=cl_geometry["out_w"],
-                per_group=per_group, kernel_w=kw, stride_w=sw,
-                dilation_w=dw, lanes=lanes, tile_pixels=_kernels.LANES_PIXELS,
-                half_tail=_kernels.HALF_TAIL):
+        elif channels_last_fits:
             path = "channels_last"
             layout_plan = _conv_plan.channels_last_plan(
                 n_images=n_images, channels=channels, in_per_group=in_per_group,

@@ -2125,6 +2125,21 @@ def test_channels_last_odd_views(rng, kernel, padding):
                                            num_threads=2), expected)
 
 
+@pytest.mark.parametrize("n, c, h, w, f, kernel, padding, path", [
+    (8, 20, 7, 40, 32, (3, 3), 1, "channels_last"),   # 3x3: few padding taps to skip
+    (8, 62, 24, 24, 88, (7, 7), 3, "lanes"),          # 7x7 skips many
+])
+def test_filter_lanes_over_channels_last(rng, n, c, h, w, f, kernel, padding, path):
+    """NHWC layers that both the channels-last and the filter-lane kernels take go to the
+    filter-lane kernel only under kernels of 25 taps or more (AVX-512 float32)."""
+    x, weight, _ = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel)
+    nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    call = _conv_call(nhwc, weight, padding=padding, layout="NHWC")
+    if fastconv.conv._kernels.ISA == "avx512":
+        assert call.path == path
+    assert call.path in ("lanes", "channels_last", "gemm")
+
+
 def test_channels_last_rule():
     """The GEMM kernel keeps NHWC layers with short output rows, filters that leave a
     vector partly empty, and taps that skip input columns (see use_channels_last)."""
