@@ -246,11 +246,14 @@ LANES_GAIN = 0.75
 # 256 channels: 0.96; 64 x 14x14, 20 -> 36: 1.04), and 1.15 on one 7x7 map of 512 channels.
 LANES_BATCH_GAIN = 0.9
 LANES_BATCH_PIXELS = 1024
-# NHWC layers the channels-last kernel takes (rows of 24 pixels or more) go to the filter-lane
-# kernel only under kernels of this many taps or more, whose padding it skips: measured
-# 0.75-0.91 of the channels-last kernel's time on four 5x5 and 7x7 layers of 24x24 to 31x31
-# maps, 1.13 on 8 x 7x40 maps under 3x3.
-LANES_OVER_CHANNELS_LAST_TAPS = 25
+# Kernels of LANES_WIDE_TAPS taps or more (5x5, 7x7) read padding with many taps at the
+# edges of a map. They take the filter-lane kernel by the margin of LANES_BATCH_GAIN on
+# fewer pixels too: 0.78-1.02 of the GEMM kernel's time on 14 such layers of batch 1-8
+# (k5_28_c48to96 0.92, alex_k5_27_c96to256 0.96; NHWC 0.95 and 0.91, float64 0.98 and 0.95).
+# And only they go to it from the channels-last kernel (NHWC, rows of 24 pixels or more):
+# 0.75-0.91 of that kernel's time on four 5x5 and 7x7 layers of 24x24 to 31x31 maps, 1.13 on
+# 8 x 7x40 maps under 3x3.
+LANES_WIDE_TAPS = 25
 LANES_STACKED_FILTERS = 64
 LANES_MAX_PIXELS = 64
 # Larger maps, up to LANES_LARGE_PIXELS, with kernels of at least LANES_LARGE_TAPS taps
@@ -326,18 +329,19 @@ def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_ta
     its plan stacks images): filters that fill their vectors (a last one of at most half its
     lanes as a half vector with ``half_tail``) much better than the GEMM kernel's pixels
     fill theirs (the GEMM kernel computes every tap, the filter-lane kernel ``work`` of
-    them, FilterLanePlan.work; by a smaller margin over ``pixels`` output pixels of the
-    batch, LANES_BATCH_GAIN), or few filters of more than one tap where the GEMM kernel
+    them, FilterLanePlan.work; by a smaller margin, LANES_BATCH_GAIN, over ``pixels``
+    output pixels of the batch or under wide kernels), or few filters of more than one tap where the GEMM kernel
     gathers stacked images. Where the channels-last kernel would take the layer instead
     (``channels_last_fits``: NHWC, no junk columns), only under kernels of at least
-    LANES_OVER_CHANNELS_LAST_TAPS taps."""
-    if channels_last_fits and taps < LANES_OVER_CHANNELS_LAST_TAPS:
+    LANES_WIDE_TAPS taps."""
+    if channels_last_fits and taps < LANES_WIDE_TAPS:
         return False
     computed = -(-per_group // lanes) * lanes
     if _ends_in_half(per_group, lanes, half_tail):
         computed -= lanes // 2
     filter_fill = per_group / computed
-    gain = LANES_BATCH_GAIN if pixels >= LANES_BATCH_PIXELS else LANES_GAIN
+    gain = (LANES_BATCH_GAIN if pixels >= LANES_BATCH_PIXELS or taps >= LANES_WIDE_TAPS
+            else LANES_GAIN)
     return (fill * work < gain * filter_fill
             or (stacked and taps > 1 and per_group <= LANES_STACKED_FILTERS))
 

@@ -1745,10 +1745,13 @@ def test_filter_lanes_rule_for_larger_maps(rng, n, c, h, f, kernel, kwargs, path
     (32, 32, 14, 64, (5, 5), dict(padding=2), "lanes"),
     (1, 200, 7, 120, (3, 3), dict(padding=1), "gemm"),    # 49: weights packed for few
     (64, 64, 7, 64, (1, 1), {}, "gemm"),                   # stacked: every lane a pixel
+    (1, 48, 28, 96, (5, 5), dict(padding=2), "lanes"),    # 784 pixels, 25 taps
+    (1, 96, 27, 256, (5, 5), dict(padding=2), "lanes"),
 ])
 def test_filter_lanes_rule_for_batches(rng, n, c, h, f, kernel, kwargs, path):
-    """Over 1024 output pixels of a batch or more, the filter-lane kernel is taken where it
-    computes under 0.9 of the GEMM kernel's lanes (AVX-512 float32), not 0.75."""
+    """Over 1024 output pixels of a batch or more, or under kernels of 25 taps or more, the
+    filter-lane kernel is taken where it computes under 0.9 of the GEMM kernel's lanes
+    (AVX-512 float32), not 0.75."""
     x, weight, _ = make_inputs(rng, n=n, c=c, h=h, w=h, f=f, kernel=kernel)
     call = _conv_call(x, weight, **kwargs)
     if fastconv.conv._kernels.ISA == "avx512":
