@@ -289,6 +289,15 @@ LANES_INTERLEAVE_COST = 0.05
 LANES_ROW_TILE_WIDTH = 7
 
 
+def row_tiles(tile_pixels):
+    """Whether the filter-lane kernel, whose tiles hold up to ``tile_pixels`` pixels, tiles
+    rows row by row (LANES_ROW_TILE_WIDTH). Below AVX-512 its tiles hold 6 pixels, too few
+    (a 7-pixel row as 4 + 3): there it keeps the rules measured without row tiles (maps of at
+    most LANES_MAX_PIXELS, LANES_GAIN), which those tiles' kernel was tuned on. Measured at
+    AVX2 on 13 layers, the rules for row tiles took 0.88-1.66 of the time of those."""
+    return tile_pixels >= LANES_ROW_TILE_WIDTH
+
+
 def _ends_in_half(count, lanes, half_tail):
     """Whether ``count`` items in vectors of ``lanes`` end in a half vector (the kernels'
     HALF_TAIL, ``half_tail``): the last vector holds at most half its lanes of them."""
@@ -311,26 +320,29 @@ def pixel_fill(gemm_plan, out_h, out_w, lanes, nr, half_tail):
     return out_h * out_w / computed
 
 
-def filter_lanes_fit(*, n_images, groups, depth, taps, out_h, out_w, lanes, row_multiple=1):
-    """Whether the filter-lane kernel can take the call: small maps of one group (larger
-    ones under kernels of many ``taps``), enough work (``depth``: reduction rows) and no
-    fused pooling."""
+def filter_lanes_fit(*, n_images, groups, depth, taps, out_h, out_w, lanes, tile_pixels,
+                     row_multiple=1):
+    """Whether the filter-lane kernel (tiles of up to ``tile_pixels`` pixels) can take the
+    call: small maps of one group (larger ones under kernels of many ``taps``, with row
+    tiles), enough work (``depth``: reduction rows) and no fused pooling."""
     pixels = out_h * out_w
-    small = pixels <= LANES_MAX_PIXELS or (pixels <= LANES_LARGE_PIXELS
-                                           and taps >= LANES_LARGE_TAPS)
+    larger = (pixels <= LANES_LARGE_PIXELS and taps >= LANES_LARGE_TAPS
+              and row_tiles(tile_pixels))
+    small = pixels <= LANES_MAX_PIXELS or larger
     return (groups == 1 and row_multiple == 1 and lanes > 1 and small
             and n_images * pixels * depth >= LANES_MIN_WORK)
 
 
 def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_tail=False,
-                     pixels=0, channels_last_fits=False):
+                     pixels=0, channels_last_fits=False, tile_pixels):
     """Whether conv2d runs on the filter-lane kernel (if it fits, filter_lanes_fit) rather
     than the GEMM kernel whose pixels fill ``fill`` of its lanes (pixel_fill; ``stacked``:
     its plan stacks images): filters that fill their vectors (a last one of at most half its
     lanes as a half vector with ``half_tail``) much better than the GEMM kernel's pixels
     fill theirs (the GEMM kernel computes every tap, the filter-lane kernel ``work`` of
     them, FilterLanePlan.work; by a smaller margin, LANES_BATCH_GAIN, over ``pixels``
-    output pixels of the batch or under wide kernels), or few filters of more than one tap where the GEMM kernel
+    output pixels of the batch or under wide kernels, with row tiles: ``tile_pixels``), or
+    few filters of more than one tap where the GEMM kernel
     gathers stacked images. Where the channels-last kernel would take the layer instead
     (``channels_last_fits``: NHWC, no junk columns), only under kernels of at least
     LANES_WIDE_TAPS taps."""
@@ -340,8 +352,8 @@ def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_ta
     if _ends_in_half(per_group, lanes, half_tail):
         computed -= lanes // 2
     filter_fill = per_group / computed
-    gain = (LANES_BATCH_GAIN if pixels >= LANES_BATCH_PIXELS or taps >= LANES_WIDE_TAPS
-            else LANES_GAIN)
+    wide = pixels >= LANES_BATCH_PIXELS or taps >= LANES_WIDE_TAPS
+    gain = LANES_BATCH_GAIN if wide and row_tiles(tile_pixels) else LANES_GAIN
     return (fill * work < gain * filter_fill
             or (stacked and taps > 1 and per_group <= LANES_STACKED_FILTERS))
 
@@ -566,8 +578,7 @@ def _lane_tiles(image_counts, interleave, taps_read, tile_pixels, image_slab, ou
                          + position_src[:, None])
             pixel_src.append(group_src.ravel())
             group_pixels = group_src.size
-            size = -(-group_pixels // -(-group_pixels // tile_pixels))
-            if group == 1 and out_w >= LANES_ROW_TILE_WIDTH:  # equal tiles of each row
+            if group == 1 and out_w >= LANES_ROW_TILE_WIDTH and row_tiles(tile_pixels):
                 size = -(-out_w // -(-out_w // tile_pixels))
                 bounds = [(q0 + p0, q0 + min(p0 + size, out_w))
                           for q0 in range(0, group_pixels, out_w) for p0 in range(0, out_w, size)]

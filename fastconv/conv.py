@@ -455,8 +455,8 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
         lane_plan = None
         if _conv_plan.filter_lanes_fit(n_images=n_images, groups=groups,
                                        depth=in_per_group * kh * kw, taps=kh * kw,
-                                       out_h=out_h, out_w=out_w,
-                                       lanes=lanes, row_multiple=pool):
+                                       out_h=out_h, out_w=out_w, lanes=lanes,
+                                       tile_pixels=_kernels.LANES_PIXELS, row_multiple=pool):
             lane_plan = _conv_plan.filter_lane_plan(
                 n_images=n_images, in_channels=channels, n_filters=n_filters, lanes=lanes,
                 tile_pixels=_kernels.LANES_PIXELS, **unpooled)
@@ -479,7 +479,7 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
                 per_group=per_group, taps=kh * kw, lanes=lanes, fill=fill,
                 stacked=layout_plan.images_per_task > 0, work=lane_plan.work,
                 half_tail=_kernels.HALF_TAIL, pixels=n_images * out_h * out_w,
-                channels_last_fits=channels_last_fits):
+                channels_last_fits=channels_last_fits, tile_pixels=_kernels.LANES_PIXELS):
             path = "lanes"
             layout_plan = lane_plan
             runner = _kernels.FilterLaneCall(

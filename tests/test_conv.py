@@ -1508,6 +1508,8 @@ def filter_lanes_everywhere(monkeypatch):
     def force(shared=True):
         monkeypatch.setattr(_conv_plan, "pixel_fill", lambda *args: 0.0)
         monkeypatch.setattr(_conv_plan, "LANES_MIN_WORK", 0)
+        # maps up to the largest the kernel takes at any ISA level
+        monkeypatch.setattr(_conv_plan, "LANES_MAX_PIXELS", _conv_plan.LANES_LARGE_PIXELS)
         if not shared:
             monkeypatch.setattr(_conv_plan, "LANES_SHARED_BYTES", 0)
         _conv_plan.filter_lane_plan.cache_clear()
@@ -1692,26 +1694,32 @@ def test_skipped_padding_taps_keep_non_finite_weights(rng, filter_lanes_everywhe
 
 
 @pytest.mark.parametrize("h, w, kernel, kwargs, tiles", [
-    # the tiles' pixels at AVX-512 (12 pixels a tile at most) and below it (6)
-    (14, 14, (7, 7), dict(dilation=2, padding=6), {12: [7, 7] * 14, 6: [5, 5, 4] * 14}),
-    (9, 9, (5, 5), dict(padding=2), {12: [9] * 9, 6: [5, 4] * 9}),
-    (13, 15, (5, 5), dict(padding=(2, 1)), {12: [7, 6] * 13, 6: [5, 5, 3] * 13}),
-    (6, 6, (5, 5), dict(padding=2), {12: [12] * 3, 6: [6] * 6}),    # 6 wide: across rows
+    # the tiles' pixels with tiles of 12 pixels at most (AVX-512)
+    (14, 14, (7, 7), dict(dilation=2, padding=6), [7, 7] * 14),
+    (9, 9, (5, 5), dict(padding=2), [9] * 9),
+    (13, 15, (5, 5), dict(padding=(2, 1)), [7, 6] * 13),
+    (6, 6, (5, 5), dict(padding=2), [12] * 3),                  # 6 wide: across rows
 ])
 def test_filter_lane_tiles_follow_rows(rng, filter_lanes_everywhere, h, w, kernel, kwargs,
                                        tiles):
     """Without interleaving, output rows of LANES_ROW_TILE_WIDTH pixels or more are split
     into equal tiles each (a tile's pixels consecutive in the slab, its taps those of one
-    row); narrower ones are tiled across rows. Exact for 1-3 threads, ReLU and NHWC."""
+    row) where a tile may hold such a row (AVX-512); narrower rows, and every row below
+    AVX-512 (tiles of 6 pixels), in equal tiles across rows. Exact for 1-3 threads, ReLU
+    and NHWC."""
     filter_lanes_everywhere()
     x, weight, b = make_inputs(rng, n=1, c=6, h=h, w=w, f=20, kernel=kernel, integer=True)
     call = _conv_call(x, weight, **kwargs)
     assert call.path == "lanes"
     plan = call.runner.plan
     assert plan.interleave == 1
-    tiles = tiles[fastconv.conv._kernels.LANES_PIXELS]
+    tile_pixels = fastconv.conv._kernels.LANES_PIXELS
+    if tile_pixels < 12:
+        pixels = sum(tiles)
+        size = -(-pixels // -(-pixels // tile_pixels))
+        tiles = [size] * (pixels // size) + ([pixels % size] if pixels % size else [])
     assert plan.tile_rows[:, 2].tolist() == tiles
-    if w > 6:  # row tiles skip the kernel rows that read only padding for their row
+    if tile_pixels >= 12 and tiles[0] < 12:  # row tiles skip the padding rows of their row
         assert plan.tile_rows[0, 1] < plan.tile_rows[len(tiles) // 2, 1]
     expected = conv2d_reference(x, weight, b, **kwargs).astype(np.float32)
     assert_exact_across_paths(x, weight, b, expected, **kwargs)
