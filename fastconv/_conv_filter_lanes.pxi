@@ -14,9 +14,9 @@
 # reduction rows, see _conv_plan._lane_tiles): small maps under wide, dilated or padded
 # filters read mostly padding. A tile whose pixels are consecutive in the slab (within one
 # output row) reads them through one pointer: a pointer per pixel spills the general
-# registers (0.86-1.00 of the time on 12 layers, 2 threads). The staged tile (pixels x filters) goes out transposed
-# (NCHW) or as it is (NHWC). Every output element is reduced by one task in a fixed order:
-# bit-identical for any thread count.
+# registers (0.86-1.00 of the time on 12 layers, 2 threads). The staged tile (pixels x
+# filters) goes out transposed (NCHW) or as it is (NHWC). Every output element is reduced
+# by one task in a fixed order: bit-identical for any thread count.
 
 cdef extern from "_conv_microkernel.h" nogil:
     enum:

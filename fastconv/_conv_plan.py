@@ -342,10 +342,9 @@ def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_ta
     fill theirs (the GEMM kernel computes every tap, the filter-lane kernel ``work`` of
     them, FilterLanePlan.work; by a smaller margin, LANES_BATCH_GAIN, over ``pixels``
     output pixels of the batch or under wide kernels, with row tiles: ``tile_pixels``), or
-    few filters of more than one tap where the GEMM kernel
-    gathers stacked images. Where the channels-last kernel would take the layer instead
-    (``channels_last_fits``: NHWC, no junk columns), only under kernels of at least
-    LANES_WIDE_TAPS taps."""
+    few filters of more than one tap where the GEMM kernel gathers stacked images. Where
+    the channels-last kernel would take the layer instead (``channels_last_fits``: NHWC, no
+    junk columns), only under kernels of at least LANES_WIDE_TAPS taps."""
     if channels_last_fits and taps < LANES_WIDE_TAPS:
         return False
     computed = -(-per_group // lanes) * lanes
@@ -579,13 +578,10 @@ def _lane_tiles(image_counts, interleave, taps_read, tile_pixels, image_slab, ou
             pixel_src.append(group_src.ravel())
             group_pixels = group_src.size
             if group == 1 and out_w >= LANES_ROW_TILE_WIDTH and row_tiles(tile_pixels):
-                size = -(-out_w // -(-out_w // tile_pixels))
-                bounds = [(q0 + p0, q0 + min(p0 + size, out_w))
-                          for q0 in range(0, group_pixels, out_w) for p0 in range(0, out_w, size)]
+                bounds = [(q0 + p0, q0 + p1) for q0 in range(0, group_pixels, out_w)
+                          for p0, p1 in _equal_runs(out_w, tile_pixels)]
             else:
-                size = -(-group_pixels // -(-group_pixels // tile_pixels))
-                bounds = [(p0, min(p0 + size, group_pixels))
-                          for p0 in range(0, group_pixels, size)]
+                bounds = _equal_runs(group_pixels, tile_pixels)
             for p0, p1 in bounds:
                 kept = np.flatnonzero(taps_read[p0 // group:(p1 - 1) // group + 1].any(axis=0))
                 key = kept.tobytes()
@@ -601,6 +597,13 @@ def _lane_tiles(image_counts, interleave, taps_read, tile_pixels, image_slab, ou
             np.array(tile_rows, dtype=np.intp).reshape(-1, 3),
             np.ascontiguousarray(np.concatenate(pixel_src), dtype=np.intp),
             computed / (taps * image_counts[0] * out_h * out_w))
+
+
+def _equal_runs(length, most):
+    """``[(start, end)]``: range(length) in the fewest runs of at most ``most``, of equal
+    lengths but the last (16 by 12: 8 + 8, not 12 + 4)."""
+    size = -(-length // -(-length // most))
+    return [(p0, min(p0 + size, length)) for p0 in range(0, length, size)]
 
 
 def _stacked_images(images, image_elements, out_h, out_w, pitch, itemsize):
