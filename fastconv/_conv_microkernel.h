@@ -34,6 +34,18 @@
 #define FC_NV 2
 #endif
 #endif
+/* FC_EMBEDDED_BROADCAST=1 (AVX-512 only, tuning experiments): each FMA broadcasts its weight
+ * from memory (inline assembly, see fc_microkernel_body) instead of one register broadcast per
+ * weight. Off by default: on Zen 5 (2 full-width zmm FMAs/cycle) it took 1.19-1.26x the time
+ * on the heavy 3x3 layers (2 threads, interleaved), as it loads each weight once per vector
+ * of pixels; on Zen 4 (1 zmm FMA/cycle) it had saved 0-4%. */
+#ifndef FC_EMBEDDED_BROADCAST
+#define FC_EMBEDDED_BROADCAST 0
+#endif
+#if FC_EMBEDDED_BROADCAST && (FC_VEC_BYTES != 64 || defined(__SANITIZE_ADDRESS__))
+#undef FC_EMBEDDED_BROADCAST
+#define FC_EMBEDDED_BROADCAST 0  /* AddressSanitizer does not see loads in assembly */
+#endif
 /* The filter-lane kernel (small maps, filters in the vector lanes): up to FC_LANES_NP pixels
  * x 2 vectors of filters, 2 * FC_LANES_NP accumulators plus 2 weight vectors and one
  * broadcast pixel in the register file. */

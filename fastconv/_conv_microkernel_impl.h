@@ -57,14 +57,9 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
         const FC_T *ar = a + r * a_row;
 #pragma GCC unroll 16
         for (int i = 0; i < FC_MR; i++) {
-#if FC_VEC_BYTES == 64 && !defined(__SANITIZE_ADDRESS__)
-            /* Each FMA broadcasts the weight from memory itself (AVX-512's embedded
-             * broadcast), where GCC would load it once into a register for the tile's
-             * vectors: one instruction fewer per weight. Same operation, same bits;
-             * measured on Zen 4, 2 threads, interleaved: 0.96-1.00 of the time over 20
-             * float32 layers (resnet_28 0.96, resnet_56 0.97, 4 groups 0.90), float64
-             * 0.96-1.03. (AddressSanitizer does not see loads in assembly: its builds
-             * keep the C below.) */
+#if FC_EMBEDDED_BROADCAST
+            /* Each FMA broadcasts the weight from memory itself (see FC_EMBEDDED_BROADCAST
+             * in _conv_microkernel.h): same operation, same bits. */
 #pragma GCC unroll 4
             for (int v = 0; v < nf; v++)
                 __asm__("vfmadd231" FC_ASM_TYPE " %[w]" FC_ASM_BCAST ", %[b], %[acc]"
