@@ -455,7 +455,7 @@ cdef void _fill_slab(
     if FC_SHORT_ROWS and sw == 1 and pitch <= lanes and phases <= FC_SHORT_PHASES:
         for k in range(phases * pitch):
             width = max(width, col_src[k] + 1)
-        if width <= lanes:  # short rows (small maps): a vector per input row
+        if width <= 2 * lanes:  # short rows (small maps): one or two vectors per input row
             if floating is float:
                 fc_fill_short_rows_f32(x, sc, sh, channels, row_src, slab_rows, col_src,
                                        phases, pitch, width, slab)

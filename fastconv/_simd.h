@@ -168,16 +168,43 @@ FC_DEFINE_GATHER(f32, float)
 FC_DEFINE_GATHER(f64, double)
 
 /* The slab fill of short input rows (small maps; AVX-512 only, FC_SHORT_ROWS): each input
- * row of a channel is one masked vector load, and each of its slab rows (one per stride
- * phase, pitch <= FC_LANES columns) one lane permute and one masked store:
+ * row of a channel is one or two masked vector loads, and each of its slab rows (one per
+ * stride phase, pitch <= FC_LANES columns) one lane permute and one masked store:
  *   slab[c, ph, row, k] = x[c, row_src[row], col_src[ph, k]]   (0 where either is -1)
  * The general fill copies each slab row on its own, with a loop per border: on 6x6 maps
- * with stride 2 its setup, not the copying, took the time. x's rows are contiguous; every
- * source column is below `width` <= FC_LANES; at most FC_SHORT_PHASES phases. */
+ * with stride 2 its setup, not the copying, took the time (and half the time of 4 groups of
+ * 16 channels, 17x17 at stride 2). x's rows are contiguous; every source column is below
+ * `width` <= 2 * FC_LANES (two vectors: a two-source permute); at most FC_SHORT_PHASES
+ * phases. */
 #define FC_SHORT_PHASES 4
 #if FC_VEC_BYTES == 64
 #define FC_SHORT_ROWS 1
 #define FC_DEFINE_SHORT_ROWS(SUF, T, V, VI, IT, MASK, LOAD, STORE, LANES)                   \
+static inline __attribute__((always_inline)) void fc_fill_short_rows_body_##SUF(           \
+    const T *restrict x, Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t channels,                 \
+    const Py_ssize_t *restrict row_src, Py_ssize_t slab_rows, Py_ssize_t phases,            \
+    Py_ssize_t pitch, Py_ssize_t width, T *restrict slab, const VI *col, const VI *keep,    \
+    const int two)                                                                          \
+{                                                                                           \
+    const MASK load = (MASK)(width >= LANES ? ~0u : (1u << width) - 1u);                    \
+    const MASK load_hi = (MASK)(width > LANES ? (1u << (width - LANES)) - 1u : 0u);         \
+    const MASK store = (MASK)((1u << pitch) - 1u);                                          \
+    const Py_ssize_t channel_stride = phases * slab_rows * pitch;                           \
+    for (Py_ssize_t c = 0; c < channels; c++) {                                             \
+        T *slab_c = slab + c * channel_stride;                                              \
+        for (Py_ssize_t row = 0; row < slab_rows; row++) {                                  \
+            const Py_ssize_t src_row = row_src[row];                                        \
+            const T *src = x + c * sc + src_row * sh;                                       \
+            const V v = src_row < 0 ? (V){0} : (V)LOAD(load, src);                          \
+            V v_hi = {0};                                                                   \
+            if (two && src_row >= 0) v_hi = (V)LOAD(load_hi, src + LANES);                  \
+            for (Py_ssize_t ph = 0; ph < phases; ph++)                                      \
+                STORE(slab_c + (ph * slab_rows + row) * pitch, store,                       \
+                      (V)((VI)(two ? __builtin_shuffle(v, v_hi, col[ph])                    \
+                                   : __builtin_shuffle(v, col[ph])) & keep[ph]));           \
+        }                                                                                   \
+    }                                                                                       \
+}                                                                                           \
 static inline void fc_fill_short_rows_##SUF(                                                \
     const T *restrict x, Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t channels,                 \
     const Py_ssize_t *restrict row_src, Py_ssize_t slab_rows,                               \
@@ -192,18 +219,12 @@ static inline void fc_fill_short_rows_##SUF(                                    
             keep[ph][k] = src < 0 ? 0 : -1;                                                 \
         }                                                                                   \
     }                                                                                       \
-    const MASK load = (MASK)((1u << width) - 1u), store = (MASK)((1u << pitch) - 1u);       \
-    const Py_ssize_t channel_stride = phases * slab_rows * pitch;                           \
-    for (Py_ssize_t c = 0; c < channels; c++) {                                             \
-        T *slab_c = slab + c * channel_stride;                                              \
-        for (Py_ssize_t row = 0; row < slab_rows; row++) {                                  \
-            const Py_ssize_t src_row = row_src[row];                                        \
-            const V v = src_row < 0 ? (V){0} : (V)LOAD(load, x + c * sc + src_row * sh);    \
-            for (Py_ssize_t ph = 0; ph < phases; ph++)                                      \
-                STORE(slab_c + (ph * slab_rows + row) * pitch, store,                       \
-                      (V)((VI)__builtin_shuffle(v, col[ph]) & keep[ph]));                   \
-        }                                                                                   \
-    }                                                                                       \
+    if (width > LANES)                                                                      \
+        fc_fill_short_rows_body_##SUF(x, sc, sh, channels, row_src, slab_rows, phases,     \
+                                      pitch, width, slab, col, keep, 1);                    \
+    else                                                                                    \
+        fc_fill_short_rows_body_##SUF(x, sc, sh, channels, row_src, slab_rows, phases,     \
+                                      pitch, width, slab, col, keep, 0);                    \
 }
 FC_DEFINE_SHORT_ROWS(f32, float, fc_vf32, fc_vi32, int, __mmask16, _mm512_maskz_loadu_ps,
                      _mm512_mask_storeu_ps, FC_LANES_F32)

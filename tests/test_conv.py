@@ -1784,11 +1784,17 @@ def test_filter_lanes_taken_for_small_strided_maps(rng):
     (5, 9, (3, 3), dict(stride=(1, 3), padding=1, padding_mode="reflect")),
     (7, 7, (5, 5), dict(stride=4, padding=2, padding_mode="circular")),   # four phases
     (9, 7, (3, 3), dict(dilation=(1, 3), padding=(1, 3), padding_mode="replicate")),
+    # two vectors per input row (float32; float64 from 9 columns):
+    (17, 17, (3, 3), dict(stride=2, padding=1)),
+    (12, 28, (3, 3), dict(stride=2, padding=1, padding_mode="reflect")),
+    (6, 13, (3, 3), dict(stride=(1, 2), padding=1, padding_mode="replicate")),
+    (9, 20, (5, 5), dict(stride=4, padding=2, padding_mode="circular")),  # four phases
+    (8, 26, (3, 3), dict(stride=2, dilation=2, padding=2)),
 ])
 def test_short_rows_fill(rng, h, w, kernel, kwargs, dtype):
-    """Input rows of at most one vector fill the slab through one load and a lane permute
-    per slab row (AVX-512): exact for every padding mode, stride and dilation, in NCHW, in
-    NHWC (the general fill) and through a view."""
+    """Input rows of at most two vectors fill the slab through one or two loads and a lane
+    permute per slab row (AVX-512): exact for every padding mode, stride and dilation, in
+    NCHW, in NHWC (the general fill) and through a view."""
     x, weight, b = make_inputs(rng, n=3, c=5, h=h, w=w, f=12, kernel=kernel, integer=True,
                                dtype=dtype)
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
