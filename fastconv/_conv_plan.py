@@ -246,6 +246,16 @@ LANES_GAIN = 0.75
 # 256 channels: 0.96; 64 x 14x14, 20 -> 36: 1.04), and 1.15 on one 7x7 map of 512 channels.
 LANES_BATCH_GAIN = 0.9
 LANES_BATCH_PIXELS = 1024
+# On maps of at most LANES_MAX_PIXELS (7x7, 8x8) the margin is LANES_BATCH_GAIN from
+# LANES_SMALL_BATCH_PIXELS output pixels over the batch (3 images of 7x7), for two vectors
+# of filters or more. Measured on Zen 5, 2 threads, filter-lane / GEMM time on 34 random 3x3
+# layers of 3x3 to 8x8 maps this margin moved: 0.69-0.99 on 27 with 32 filters or more
+# (16 x 7x7, 384 -> 256: 0.69; 3 x 7x7, 512 -> 512: 0.76), 1.09 on 4 x 8x8, 160 -> 32, 1.14
+# on 2 x 8x8 (128 pixels); 1.02-1.71 with 8 or 16 filters (half-empty vectors). One 7x7
+# image: 0.96-1.13. With 8 lanes (float64) 12 of those layers measured 0.80-1.61 (4 x 7x7,
+# 512 -> 192: 1.61, each task packing its weights for 49 pixels), so only with 16.
+LANES_SMALL_BATCH_PIXELS = 144
+LANES_SMALL_BATCH_LANES = 16
 # Kernels of LANES_WIDE_TAPS taps or more (5x5, 7x7) read padding with many taps at the
 # edges of a map. They take the filter-lane kernel by the margin of LANES_BATCH_GAIN on
 # fewer pixels too: 0.78-1.02 of the GEMM kernel's time on 14 such layers of batch 1-8
@@ -334,14 +344,15 @@ def filter_lanes_fit(*, n_images, groups, depth, taps, out_h, out_w, lanes, tile
 
 
 def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_tail=False,
-                     pixels=0, channels_last_fits=False, tile_pixels):
+                     pixels=0, map_pixels, channels_last_fits=False, tile_pixels):
     """Whether conv2d runs on the filter-lane kernel (if it fits, filter_lanes_fit) rather
     than the GEMM kernel whose pixels fill ``fill`` of its lanes (pixel_fill; ``stacked``:
     its plan stacks images): filters that fill their vectors (a last one of at most half its
     lanes as a half vector with ``half_tail``) much better than the GEMM kernel's pixels
     fill theirs (the GEMM kernel computes every tap, the filter-lane kernel ``work`` of
     them, FilterLanePlan.work; by a smaller margin, LANES_BATCH_GAIN, over ``pixels``
-    output pixels of the batch or under wide kernels, with row tiles: ``tile_pixels``), or
+    output pixels of the batch, LANES_SMALL_BATCH_PIXELS on maps of ``map_pixels`` up to
+    LANES_MAX_PIXELS, or under wide kernels, with row tiles: ``tile_pixels``), or
     few filters of more than one tap where the GEMM kernel gathers stacked images. Where
     the channels-last kernel would take the layer instead (``channels_last_fits``: NHWC, no
     junk columns), only under kernels of at least LANES_WIDE_TAPS taps."""
@@ -351,7 +362,9 @@ def use_filter_lanes(*, per_group, taps, lanes, fill, stacked, work=1.0, half_ta
     if _ends_in_half(per_group, lanes, half_tail):
         computed -= lanes // 2
     filter_fill = per_group / computed
-    wide = pixels >= LANES_BATCH_PIXELS or taps >= LANES_WIDE_TAPS
+    small_batch = (map_pixels <= LANES_MAX_PIXELS and pixels >= LANES_SMALL_BATCH_PIXELS
+                   and lanes >= LANES_SMALL_BATCH_LANES and per_group >= 2 * lanes)
+    wide = pixels >= LANES_BATCH_PIXELS or taps >= LANES_WIDE_TAPS or small_batch
     gain = LANES_BATCH_GAIN if wide and row_tiles(tile_pixels) else LANES_GAIN
     return (fill * work < gain * filter_fill
             or (stacked and taps > 1 and per_group <= LANES_STACKED_FILTERS))

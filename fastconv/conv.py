@@ -479,7 +479,7 @@ def _validate(x, weight, bias, stride, padding, dilation, groups, padding_mode, 
                 per_group=per_group, taps=kh * kw, lanes=lanes, fill=fill,
                 stacked=layout_plan.images_per_task > 0, work=lane_plan.work,
                 half_tail=_kernels.HALF_TAIL, pixels=n_images * out_h * out_w,
-                channels_last_fits=channels_last_fits, tile_pixels=_kernels.LANES_PIXELS):
+                map_pixels=out_h * out_w, channels_last_fits=channels_last_fits, tile_pixels=_kernels.LANES_PIXELS):
             path = "lanes"
             layout_plan = lane_plan
             runner = _kernels.FilterLaneCall(

@@ -1767,6 +1767,25 @@ def test_filter_lanes_rule_for_batches(rng, n, c, h, f, kernel, kwargs, path):
     assert call.path in ("lanes", "gemm")
 
 
+@pytest.mark.parametrize("n, c, h, f, dtype, path", [
+    (16, 160, 7, 160, np.float32, "lanes"),   # 784 pixels over the batch
+    (3, 512, 7, 512, np.float32, "lanes"),    # 147
+    (16, 128, 3, 192, np.float32, "lanes"),   # 3x3 maps
+    (2, 512, 8, 48, np.float32, "gemm"),      # 128: too few
+    (8, 96, 6, 16, np.float32, "gemm"),       # one vector of filters
+    (16, 160, 7, 160, np.float64, "gemm"),    # 8 lanes: packing for few pixels per task
+])
+def test_filter_lanes_rule_for_small_map_batches(rng, n, c, h, f, dtype, path):
+    """Batches of maps of at most 64 pixels, 144 output pixels or more, take the filter-lane
+    kernel by the 0.9 margin with two vectors of filters or more (AVX-512 float32) under 3x3
+    kernels, where their computed lanes hold 0.875 x 0.905 of the GEMM kernel's work."""
+    x, weight, _ = make_inputs(rng, n=n, c=c, h=h, w=h, f=f, kernel=(3, 3), dtype=dtype)
+    call = _conv_call(x, weight, padding=1)
+    if fastconv.conv._kernels.ISA == "avx512":
+        assert call.path == path
+    assert call.path in ("lanes", "gemm")
+
+
 def test_filter_lanes_taken_for_small_strided_maps(rng):
     """64 images of 7x7 -> 4x4 with 23 filters of 7x7 (stride 2): the GEMM kernel's vectors
     would hold 16 pixels in 32 lanes, so the filter-lane kernel runs (AVX-512, float32)."""
