@@ -30,6 +30,17 @@ SLAB_BYTES = 256 * 1024
 # on small layers.
 MAX_TASK_PIXELS = 1024
 MIN_TASKS = 8
+# GEMM splits of layers of LARGE_SPLIT_MACS multiply-adds or more on maps of more than
+# LARGE_SPLIT_PIXELS seek LARGE_MIN_TASKS tasks instead: the fewer, larger bands fill their
+# tiles better (a 14x14 map in bands of 4 rows computes 3.5 vectors of pixels per band as
+# 2 + 1.5). Measured on Zen 5, 2 threads, time with 4 / with 8 on the 41 layers among 561
+# random and named ones whose split it changes: 0.85-1.05, geomean 0.95 (resnet_14 0.90,
+# down_28 0.88, 16x16 192 -> 192 0.85; resnet_28 1.02, 1x1 stride 2 on 56x56 1.05), and on
+# 13 of 200 fresh random layers 0.87-1.04 (geomean 0.96); on 7x7 and 8x8 maps 1.10-1.15,
+# and on layers under 20M 0.89-1.16 (tasks too short to balance in fours).
+LARGE_SPLIT_MACS = 20_000_000
+LARGE_SPLIT_PIXELS = 64
+LARGE_MIN_TASKS = 4
 # Filters with at most this many weights each are packed whole: packing them costs little
 # and the packed panel serves short reductions better than MR separate rows.
 # (measured: the 1 -> 32 channel 3x3 layer at batch 64 runs 7% faster packed)
@@ -970,8 +981,8 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
     on two threads. A task computes its band's pixels over the pitch in tiles, for its
     filters, after filling the slab with all its band's input rows: splitting the filters
     repeats that fill, splitting the rows repeats the halo rows. Among splits within 3% of
-    the best, one with MIN_TASKS tasks if any (dynamic balance absorbs a disturbed thread),
-    then the cheapest.
+    the best, one with MIN_TASKS tasks if any (dynamic balance absorbs a disturbed thread;
+    LARGE_MIN_TASKS for large layers), then the cheapest.
 
     Two estimates of the arithmetic: whole tiles, or a band's last tile by the vectors it
     computes (the kernel does that). The second is truer but the model is rough, and close
@@ -1004,12 +1015,15 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
 
     if given is not None:
         return given + (estimate(*given, True)[0],)
+    macs = planes * out_h * out_w * fblocks * mr * depth
+    large = macs >= LARGE_SPLIT_MACS and out_h * out_w > LARGE_SPLIT_PIXELS
+    min_tasks = LARGE_MIN_TASKS if large else MIN_TASKS
     splits = []
     for rows in range(row_multiple, out_h + row_multiple, row_multiple):
         if rows * pitch > MAX_TASK_PIXELS and rows > row_multiple:
             break
         bands = -(-out_h // rows)
-        max_chunks = min(fblocks, -(-2 * MIN_TASKS // (planes * bands)))  # enough tasks
+        max_chunks = min(fblocks, -(-2 * min_tasks // (planes * bands)))  # enough tasks
         for fchunks in range(1, max_chunks + 1):
             per_task = -(-fblocks // fchunks)
             if -(-fblocks // per_task) == fchunks:  # else the same split as a smaller one
@@ -1023,7 +1037,7 @@ def _split_tasks(*, out_h, out_w, pitch, nr, lanes, mr, planes, fblocks, depth,
         candidates = [c for c in candidates if c[1] >= 4] or candidates
         best = min(c[0] for c in candidates)
         return max((c for c in candidates if c[0] <= best * 1.03),
-                   key=lambda c: (min(c[1], MIN_TASKS), -c[0]))[2:]
+                   key=lambda c: (min(c[1], min_tasks), -c[0]))[2:]
 
     whole, tailed = pick(False), pick(True)
     if estimate(*tailed, True)[0] < (1 - TAIL_GAIN) * estimate(*whole, True)[0]:

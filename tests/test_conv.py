@@ -1305,6 +1305,28 @@ def test_slab_rows_hold_every_tap_row(kh, stride, dilation, slab_rows_per_band, 
                 assert row_src[taps[i] + r] == expected, (band, r, i)
 
 
+@pytest.mark.parametrize("size, channels, tasks", [
+    (14, 256, 4),    # 116M multiply-adds: bands of 8 rows, two chunks of filters
+    (16, 192, 4),
+    (28, 128, 4),
+    (14, 64, 8),     # 7M: too short to balance in fours
+    (7, 512, 8),     # 49 pixels
+])
+def test_large_gemm_splits_seek_fewer_tasks(size, channels, tasks):
+    """Layers of 20M multiply-adds or more on maps over 64 pixels are split into as few as 4
+    tasks (taller bands, whose tiles fill better), others into at least 8."""
+    from fastconv import _conv_plan
+
+    plan = _conv_plan.plan(
+        n_images=1, groups=1, in_per_group=channels, per_group=channels, height=size,
+        width=size, out_h=size, out_w=size, kernel=(3, 3), stride=(1, 1), dilation=(1, 1),
+        pads=(1, 1, 1, 1), padding_mode="zeros", mr=8, nr=32, lanes=16, itemsize=4,
+        half_tail=True)
+    bands = -(-size // plan.rows_per_task)
+    chunks = -(-(channels // 8) // plan.fblocks_per_task)
+    assert bands * chunks == tasks
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape, groups", [((16, 3, 3, 3), 1), ((19, 5, 3, 1), 1),
                                            ((24, 8, 1, 1), 3), ((8, 1, 5, 5), 2),
@@ -2339,11 +2361,11 @@ def _gemm_columns(n, c, h, w, f, kernel, stride=(1, 1), dilation=(1, 1), itemsiz
 def test_tap_phases_rule():
     """The plan takes one slab phase per tap where junk columns cost many lanes (ResNet's
     14x14 3x3 layer: 4 rows of 15 columns fill 4 vectors, of 14 columns 3.5; 3x3 with
-    stride 2 onto 28x28), not where they cost few (56x56), nor for 5x5 and 7x7 kernels
+    stride 2 onto 14x14), not where they cost few (56x56), nor for 5x5 and 7x7 kernels
     (kw - 1 more copies of each row than phases of the stride), nor on maps of at most
     LANES_MAX_PIXELS pixels (the filter-lane kernel's choice weighs the GEMM plan's lanes)."""
     assert _gemm_columns(1, 256, 14, 14, 256, (3, 3)) == ((3, 14), 14)
-    assert _gemm_columns(1, 96, 56, 56, 160, (3, 3), stride=(2, 2)) == ((3, 28), 28)
+    assert _gemm_columns(1, 128, 28, 28, 256, (3, 3), stride=(2, 2)) == ((3, 14), 14)
     assert _gemm_columns(1, 64, 56, 56, 64, (3, 3)) == ((1, 57), 56)
     assert _gemm_columns(1, 48, 28, 28, 96, (5, 5)) == ((1, 30), 28)
     assert _gemm_columns(1, 24, 56, 56, 40, (7, 7)) == ((1, 59), 56)
