@@ -8,6 +8,7 @@ rectangular maps, one-channel and one-filter layers), to find where fastconv fal
 
     python bench/scan_layers.py                       # every layer, 2 threads
     python bench/scan_layers.py --threads 1 --layers incep_7x1,alex_k11_s4
+    python bench/scan_layers.py --random 21 --count 40   # 40 random layers drawn from seed 21
 
 Per layer: the minimum over interleaved rounds (order rotated, a 5 ms pause before each block
 so idle threads stop spinning) of fastconv, PyTorch and ONNX Runtime (spinning off), the
@@ -17,6 +18,7 @@ output. A row is marked ``<<<`` above 1.2. Run it on a quiet machine.
 
 import argparse
 import math
+import random
 import sys
 import time
 from pathlib import Path
@@ -76,6 +78,36 @@ LAYERS = {
 }
 
 
+def random_layers(seed, count):
+    """``count`` random layers, the same for the same ``seed``: batch 1-64, 1x1 to 7x7 kernels,
+    stride 1-2, dilation 1-2, 3-256 input channels, groups 1-4 or depthwise, 2-600 MFLOP each."""
+    rng = random.Random(seed)
+    layers = {}
+    while len(layers) < count:
+        n = rng.choice([1, 1, 1, 2, 4, 8, 16, 32, 64])
+        k = rng.choice([1, 1, 3, 3, 3, 5, 7])
+        s = rng.choice([1, 1, 1, 2])
+        d = rng.choice([1, 1, 1, 2]) if k > 1 else 1
+        hw = rng.choice([7, 13, 14, 17, 28, 31, 56, 64, 112])
+        g = rng.choice([1, 1, 1, 1, 2, 4, "depthwise"])
+        c = rng.choice([3, 8, 16, 20, 24, 32, 40, 48, 64, 72, 96, 128, 160, 200, 256])
+        f = rng.choice([8, 16, 24, 32, 40, 48, 64, 96, 100, 128, 160, 256])
+        if g == "depthwise":
+            g = c
+            f = c * rng.choice([1, 1, 2])
+        if c % g or f % g:
+            continue
+        p = (d * (k - 1)) // 2
+        out_hw = (hw + 2 * p - d * (k - 1) - 1) // s + 1
+        if out_hw < 1:
+            continue
+        flops = 2 * n * f * out_hw * out_hw * (c // g) * k * k
+        if not 2e6 <= flops <= 6e8:
+            continue
+        layers[f"r{seed}_{len(layers)}"] = (n, c, hw, hw, f, (k, k), (s, s), (p, p), d, g)
+    return layers
+
+
 def _callers(x, w, geometry, threads):
     """``{name: call}`` for fastconv, PyTorch and ONNX Runtime (the peers that are installed)."""
     (kh, kw), stride, padding, dilation, groups = geometry
@@ -105,14 +137,14 @@ def _callers(x, w, geometry, threads):
     return calls
 
 
-def scan(names, threads, rounds):
+def scan(layers, threads, rounds):
     _bench.set_peer_threads(threads)
     ratios = []
     print("| layer | GFLOP | fastconv ms | fastconv GF/s | PyTorch ms | ONNX Runtime ms | ratio "
           "| max error |")
     print("|---|--:|--:|--:|--:|--:|--:|--:|")
-    for name in names:
-        n, c, h, w_, f, kernel, stride, padding, dilation, groups = LAYERS[name]
+    for name, layer in layers.items():
+        n, c, h, w_, f, kernel, stride, padding, dilation, groups = layer
         rng = np.random.default_rng(0)
         x = rng.standard_normal((n, c, h, w_), dtype=np.float32)
         w = rng.standard_normal((f, c // groups) + kernel, dtype=np.float32)
@@ -153,15 +185,21 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--layers", help="comma-separated names (default: all); --list shows them")
     parser.add_argument("--list", action="store_true", help="print the layer names and stop")
+    parser.add_argument("--random", type=int, metavar="SEED",
+                        help="scan random layers drawn from SEED instead of the named ones")
+    parser.add_argument("--count", type=int, default=40, help="how many random layers")
     args = parser.parse_args(argv)
+    layers = random_layers(args.random, args.count) if args.random is not None else LAYERS
     if args.list:
-        print("\n".join(LAYERS))
+        print("\n".join(f"{name} {layer}" for name, layer in layers.items()))
         return 0
-    names = args.layers.split(",") if args.layers else list(LAYERS)
-    unknown = [name for name in names if name not in LAYERS]
-    if unknown:
-        parser.error(f"unknown layers {unknown}; --list shows the names")
-    scan(names, args.threads, args.rounds)
+    if args.layers:
+        names = args.layers.split(",")
+        unknown = [name for name in names if name not in layers]
+        if unknown:
+            parser.error(f"unknown layers {unknown}; --list shows the names")
+        layers = {name: layers[name] for name in names}
+    scan(layers, args.threads, args.rounds)
     return 0
 
 
