@@ -46,6 +46,11 @@
 #undef FC_EMBEDDED_BROADCAST
 #define FC_EMBEDDED_BROADCAST 0  /* AddressSanitizer does not see loads in assembly */
 #endif
+/* FC_STENCIL_ROW_PAIRS=0 (tuning experiments): the planar depthwise kernel computes rows of
+ * more than two vectors one at a time (4 FMA chains per tile) instead of two at a time. */
+#ifndef FC_STENCIL_ROW_PAIRS
+#define FC_STENCIL_ROW_PAIRS 1
+#endif
 /* The filter-lane kernel (small maps, filters in the vector lanes): up to FC_LANES_NP pixels
  * x 2 vectors of filters, 2 * FC_LANES_NP accumulators plus 2 weight vectors and one
  * broadcast pixel in the register file. */

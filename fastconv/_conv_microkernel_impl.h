@@ -349,10 +349,51 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_stencil_tile)(
     }
 }
 
+/* One band of n_rows (1 or 2, a constant after inlining) output rows of n_vec vectors each,
+ * FC_ROW_NV vectors per tile, the last 1-4 vectors (4 only with a half one) in a tile of
+ * their own. Tiles go from the row's end to its start: the last vector's junk lanes may land
+ * on the next row's first pixels (C rows packed at c_step = n), which that row's first tile,
+ * stored last, then overwrites. */
+static inline __attribute__((always_inline)) void FC_NAME(fc_stencil_band)(
+    const int n_rows, Py_ssize_t n_vec, int half, Py_ssize_t taps, const FC_T *restrict w,
+    const FC_T *restrict b, Py_ssize_t b_step, const Py_ssize_t *restrict b_offset,
+    FC_T *restrict c, Py_ssize_t c_step, FC_T bias, int relu)
+{
+#define FC_TILE(vecs, h, bv, cv) \
+    FC_NAME(fc_stencil_tile)(n_rows, vecs, h, taps, w, bv, b_step, b_offset, cv, c_step, \
+                             bias, relu)
+    Py_ssize_t tiled = 0;  /* vectors in whole tiles */
+    while (tiled + FC_ROW_NV < n_vec || (tiled + FC_ROW_NV == n_vec && !half))
+        tiled += FC_ROW_NV;
+    const FC_T *bv = b + tiled * FC_LANES;
+    FC_T *cv = c + tiled * FC_LANES;
+    if (half) {
+        switch (n_vec - tiled) {  /* each count its own unrolled tile */
+        case 1: FC_TILE(1, 1, bv, cv); break;
+        case 2: FC_TILE(2, 1, bv, cv); break;
+        case 3: FC_TILE(3, 1, bv, cv); break;
+        case 4: FC_TILE(4, 1, bv, cv); break;
+        default: break;
+        }
+    } else {
+        switch (n_vec - tiled) {
+        case 1: FC_TILE(1, 0, bv, cv); break;
+        case 2: FC_TILE(2, 0, bv, cv); break;
+        case 3: FC_TILE(3, 0, bv, cv); break;
+        default: break;
+        }
+    }
+    for (Py_ssize_t v = tiled - FC_ROW_NV; v >= 0; v -= FC_ROW_NV)
+        FC_TILE(FC_ROW_NV, 0, b + v * FC_LANES, c + v * FC_LANES);
+#undef FC_TILE
+}
+
 /* n_rows output rows of n pixels each; rows of B are b_step apart, rows of C c_step apart.
- * Narrow rows go two at a time so that at least two (usually four) FMA chains overlap. A
- * row's last vector is a half vector where half of it holds the row's last pixels
- * (FC_HALF_TAIL): 56-wide rows compute 3.5 vectors of 16, not 4. */
+ * Rows go two at a time, so that a tile has up to 2 x FC_ROW_NV independent FMA chains:
+ * a 512-bit FMA unit pair (Zen 5) needs 8 in flight to hide a latency of 4 cycles, and the
+ * two rows share each weight broadcast. A row's last vector is a half vector where half of
+ * it holds the row's last pixels (FC_HALF_TAIL): 56-wide rows compute 3.5 vectors of 16,
+ * not 4. */
 static inline void FC_NAME(fc_stencil_rows)(
     Py_ssize_t taps, const FC_T *restrict w, const FC_T *restrict b, Py_ssize_t b_step,
     const Py_ssize_t *restrict b_offset, FC_T *restrict c, Py_ssize_t c_step,
@@ -363,46 +404,13 @@ static inline void FC_NAME(fc_stencil_rows)(
 #endif
     const Py_ssize_t n_vec = (n + FC_LANES - 1) / FC_LANES;
     const int half = FC_HALF_TAIL && n - (n_vec - 1) * FC_LANES <= FC_LANES / 2;
-#define FC_TILE(rows, vecs, h, bv, cv, bs, cs) \
-    FC_NAME(fc_stencil_tile)(rows, vecs, h, taps, w, bv, bs, b_offset, cv, cs, bias, relu)
     Py_ssize_t row = 0;
-    if (n_vec <= 2) {
-        for (; row + 2 <= n_rows; row += 2) {
-            const FC_T *br = b + row * b_step;
-            FC_T *cr = c + row * c_step;
-            if (n_vec == 1 && half) FC_TILE(2, 1, 1, br, cr, b_step, c_step);
-            else if (n_vec == 1) FC_TILE(2, 1, 0, br, cr, b_step, c_step);
-            else if (half) FC_TILE(2, 2, 1, br, cr, b_step, c_step);
-            else FC_TILE(2, 2, 0, br, cr, b_step, c_step);
-        }
-    }
-    for (; row < n_rows; row++) {
-        const FC_T *br = b + row * b_step;
-        FC_T *cr = c + row * c_step;
-        Py_ssize_t v = 0;
-        /* whole tiles of full vectors; the last 1-4 vectors (4 only with a half one) below */
-        for (; v + FC_ROW_NV < n_vec || (v + FC_ROW_NV == n_vec && !half); v += FC_ROW_NV)
-            FC_TILE(1, FC_ROW_NV, 0, br + v * FC_LANES, cr + v * FC_LANES, 0, 0);
-        const FC_T *bv = br + v * FC_LANES;
-        FC_T *cv = cr + v * FC_LANES;
-        if (half) {
-            switch (n_vec - v) {  /* each count its own unrolled tile */
-            case 1: FC_TILE(1, 1, 1, bv, cv, 0, 0); break;
-            case 2: FC_TILE(1, 2, 1, bv, cv, 0, 0); break;
-            case 3: FC_TILE(1, 3, 1, bv, cv, 0, 0); break;
-            case 4: FC_TILE(1, 4, 1, bv, cv, 0, 0); break;
-            default: break;
-            }
-        } else {
-            switch (n_vec - v) {
-            case 1: FC_TILE(1, 1, 0, bv, cv, 0, 0); break;
-            case 2: FC_TILE(1, 2, 0, bv, cv, 0, 0); break;
-            case 3: FC_TILE(1, 3, 0, bv, cv, 0, 0); break;
-            default: break;
-            }
-        }
-    }
-#undef FC_TILE
+    for (; row + 2 <= n_rows && (FC_STENCIL_ROW_PAIRS || n_vec <= 2); row += 2)
+        FC_NAME(fc_stencil_band)(2, n_vec, half, taps, w, b + row * b_step, b_step, b_offset,
+                                 c + row * c_step, c_step, bias, relu);
+    for (; row < n_rows; row++)
+        FC_NAME(fc_stencil_band)(1, n_vec, half, taps, w, b + row * b_step, b_step, b_offset,
+                                 c + row * c_step, c_step, bias, relu);
 }
 
 /* A depthwise 1x1 filter at stride 1 scales its channel: c[j] = bias + w * b[j], j < n,
