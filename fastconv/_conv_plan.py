@@ -813,6 +813,14 @@ DEPTHWISE_BLOCKED_WIDTH = 32
 # channel 0.31-0.38 on 10x10 and 14x14, 0.71-0.82 on 28x28, 1.8-2.3 on 5x5 and 7x7; two
 # filters per channel 0.40 on 14x14, 1.84 on 7x7.
 DEPTHWISE_POINTWISE_PIXELS = 64
+# NCHW rows up to this wide that end in a partial vector also take the channel-blocked kernel
+# under filters of at least DEPTHWISE_BLOCKED_TAPS taps (one filter per channel): there the
+# planar kernel's last vector wastes FMA slots on every tap, and the transposes in and out
+# are shared by many taps. Blocked time / planar time, Zen 5, 2 threads, float32: 5x5 and
+# 7x7 on 40- and 56-wide rows 0.74-0.94 (13 layers); on rows of whole vectors mixed, 0.85-1.22
+# (48, 64, 80, 112 wide); 3x3 0.84-1.17 whatever the width.
+DEPTHWISE_BLOCKED_TAPS = 25
+DEPTHWISE_BLOCKED_TAIL_WIDTH = 112
 
 
 @functools.lru_cache(maxsize=256)
@@ -838,8 +846,10 @@ def depthwise_plan(*, n_images, groups, multiplier, height, width, out_h, out_w,
     if channels_last:
         blocked = multiplier == 1 or out_w <= DEPTHWISE_BLOCKED_WIDTH // 2
     else:
-        blocked = not pointwise and out_w <= DEPTHWISE_BLOCKED_WIDTH // (
-            2 if multiplier > 1 else 1)
+        blocked = not pointwise and (
+            out_w <= DEPTHWISE_BLOCKED_WIDTH // (2 if multiplier > 1 else 1)
+            or (multiplier == 1 and kh * kw >= DEPTHWISE_BLOCKED_TAPS
+                and out_w <= DEPTHWISE_BLOCKED_TAIL_WIDTH and out_w % lanes))
     if blocked and row_multiple == 1 and lanes > 1:
         return _depthwise_blocked_plan(
             n_images=n_images, groups=groups, multiplier=multiplier, height=height,

@@ -389,6 +389,8 @@ def test_depthwise_pointwise_streams_large_outputs(rng, dtype):
     (1, 8, 1, 40, 9, (3, 3), dict(padding=1, padding_mode="circular")),  # a band's rows wrap
     (2, 12, 3, 9, 9, (3, 3), dict(padding=1)),                  # three filters per channel
     (1, 8, 5, 6, 14, (5, 5), dict(stride=2, padding=2)),        # five
+    (1, 12, 1, 9, 45, (5, 5), dict(padding=2)),                 # wide rows, 5x5
+    (2, 9, 1, 7, 51, (7, 7), dict(padding=3, padding_mode="reflect")),  # wide rows, 7x7
 ])
 def test_depthwise_channel_blocked(rng, n, c, m, h, w, kernel, kwargs, layout, dtype):
     """Short output rows take the channel-blocked depthwise kernel (a vector holds
@@ -418,6 +420,30 @@ def test_depthwise_channel_blocked(rng, n, c, m, h, w, kernel, kwargs, layout, d
             got = fastconv.conv2d(nhwc, weight, b, layout="NHWC", num_threads=threads,
                                   activation="relu", **kwargs)
             assert_array_equal(got, np.maximum(expected, 0).transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("kernel, out_w, lanes, blocked", [
+    ((7, 7), 56, 16, True),     # a partial last vector under 49 taps
+    ((5, 5), 40, 16, True),
+    ((5, 5), 45, 8, True),
+    ((7, 7), 64, 16, False),    # whole vectors
+    ((7, 7), 56, 8, False),
+    ((3, 3), 56, 16, False),    # too few taps to share the transposes
+    ((7, 7), 120, 16, False),   # wider than DEPTHWISE_BLOCKED_TAIL_WIDTH
+])
+def test_depthwise_blocked_rule_for_wide_rows(kernel, out_w, lanes, blocked):
+    """NCHW rows wider than DEPTHWISE_BLOCKED_WIDTH take the channel-blocked kernel only
+    under 5x5 or larger filters, up to DEPTHWISE_BLOCKED_TAIL_WIDTH, when they end in a
+    partial vector; two filters per channel keep the planar kernel."""
+    from fastconv import _conv_plan
+    kh, kw = kernel
+    for multiplier in (1, 2):
+        plan = _conv_plan.depthwise_plan(
+            n_images=1, groups=32, multiplier=multiplier, height=out_w, width=out_w,
+            out_h=out_w, out_w=out_w, kernel=kernel, stride=(1, 1), dilation=(1, 1),
+            pads=(kh // 2, kh // 2, kw // 2, kw // 2), padding_mode="zeros", lanes=lanes,
+            itemsize=4, channels_last=False)
+        assert bool(plan.blocked) == (blocked and multiplier == 1)
 
 
 # Larger layers that reach the blocked / packed / parallel paths of the kernel.
