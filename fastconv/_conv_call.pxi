@@ -471,7 +471,7 @@ cdef class FilterLaneCall(_KernelCall):
     """A planned conv2d call on the filter-lane kernel (_filter_lanes_forward): the plan
     (_conv_plan.FilterLanePlan) and the call's scalars. One group; weight is (F, C, KH, KW)
     C-contiguous (any shape of that size), bias (F,) or None."""
-    cdef _Arg tap_rows, tile_rows, pixel_src
+    cdef _Arg tap_rows, tile_rows, pixel_src, part_bounds
     cdef Py_ssize_t n_filters, taps, stride_w, channels_per_chunk, images_per_task
     cdef Py_ssize_t image_slab, fvecs_per_task, wrap, lanes, last_tiles, interleave
     cdef bint skips                       # some tile skips taps that read only padding
@@ -542,6 +542,28 @@ cdef class FilterLaneCall(_KernelCall):
         if covered != total or (plan.last_images and self.last_tiles < 0):
             raise ValueError("FilterLaneCall: the plan's tiles do not fit the call")
         self.last_tiles = max(self.last_tiles, 0)
+        # The parts: runs of a whole block's tiles from tile 0 and pixel 0 to its end, each
+        # part's first pixel the pixels of the tiles before it; several only for one image
+        # per task.
+        cdef Py_ssize_t block_tiles = (self.last_tiles if plan.last_images
+                                       else self.tile_rows.shape[0])
+        _table(plan.part_bounds, "part_bounds", 0, max(block_tiles, block) + 1,
+               &self.part_bounds)
+        cdef const Py_ssize_t *bounds = <const Py_ssize_t *>self.part_bounds.data
+        cdef Py_ssize_t parts = self.part_bounds.shape[0] - 1, part
+        if (plan.part_bounds.ndim != 2 or self.part_bounds.shape[1] != 2 or parts < 1
+                or bounds[0] != 0 or bounds[1] != 0 or bounds[2 * parts] != block_tiles
+                or bounds[2 * parts + 1] != block
+                or (parts > 1 and (self.images_per_task != 1 or self.interleave != 1))):
+            raise ValueError("FilterLaneCall: the plan's parts do not fit the call")
+        covered = 0
+        tile = 0
+        for part in range(parts):
+            if bounds[2 * part + 2] <= bounds[2 * part] or bounds[2 * part + 1] != covered:
+                raise ValueError("FilterLaneCall: the plan's parts do not fit the call")
+            while tile < bounds[2 * part + 2]:
+                covered += tiles[3 * tile + 2]
+                tile += 1
         # a task's packed weights follow its images' slabs unless they are packed once
         cdef Py_ssize_t panel = (0 if self.shared_weights else self.channels_per_chunk
                                  * self.taps * self.fvecs_per_task * self.lanes)
@@ -574,7 +596,8 @@ cdef class FilterLaneCall(_KernelCall):
                                   &self.row_src, &self.col_src, &self.col_inner,
                                   &self.tap_rows, &self.tile_rows, self.last_tiles,
                                   self.interleave, self.skips,
-                                  &self.pixel_src, self.stride_w, self.taps,
+                                  &self.pixel_src, &self.part_bounds, self.stride_w,
+                                  self.taps,
                                   self.out_h, self.out_w, self.channels_per_chunk,
                                   self.images_per_task, self.image_slab, self.fvecs_per_task,
                                   self.slab_size, self.wrap, self.shared_weights,
@@ -585,7 +608,8 @@ cdef class FilterLaneCall(_KernelCall):
                                   &self.row_src, &self.col_src, &self.col_inner,
                                   &self.tap_rows, &self.tile_rows, self.last_tiles,
                                   self.interleave, self.skips,
-                                  &self.pixel_src, self.stride_w, self.taps,
+                                  &self.pixel_src, &self.part_bounds, self.stride_w,
+                                  self.taps,
                                   self.out_h, self.out_w, self.channels_per_chunk,
                                   self.images_per_task, self.image_slab, self.fvecs_per_task,
                                   self.slab_size, self.wrap, self.shared_weights,

@@ -4,7 +4,8 @@
 # A 4x4 output map has 16 pixels; over the GEMM kernel's pitch (junk columns for the taps'
 # reach) they take two vectors of 16 lanes, half of them junk, and stacking images instead
 # gathers every tap of every pixel into panels. Here the vector lanes hold filters: a task
-# owns whole maps of a few images and a run of vectors of filters. Per chunk of input
+# owns whole maps of a few images (or a part of one image's pixels, where one image per
+# task would leave too few tasks) and a run of vectors of filters. Per chunk of input
 # channels it fills each image's slab as _gemm_forward does (one band of all rows), packs
 # its filters' weights for the chunk as rows of vectors (a transpose; once per call for all
 # tasks where several blocks of images would repeat it, see FilterLanePlan), and runs
@@ -85,6 +86,8 @@ ctypedef struct _FilterLaneJob:
     Py_ssize_t n_images, channels, channels_per_chunk, n_filters, depth, taps, lanes
     Py_ssize_t out_pixels, images_per_task, image_slab, fvecs, fvecs_per_task, fchunks
     Py_ssize_t panel_base, panel_ld
+    const Py_ssize_t *part_bounds # (parts + 1, 2) first tile and pixel of each part
+    Py_ssize_t parts              # tasks per block of images and chunk of filters
     void *packed                  # the weights packed once per call (_pack_shared_panel) or NULL
     bint relu, channels_last
 
@@ -132,25 +135,30 @@ cdef inline void _pack_shared_panel(const _FilterLaneJob *job, Py_ssize_t j,
 
 cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floating *slab,
                              floating *stage) noexcept nogil:
-    """One task of _filter_lanes_forward: whole maps of a block of images for a run of
-    vectors of filters, into the thread's slab (images, then the packed weights) and staged
-    tile (pixels x the task's filters)."""
+    """One task of _filter_lanes_forward: whole maps of a block of images (or, with parts,
+    a part of one image's pixels) for a run of vectors of filters, into the thread's slab
+    (images, then the packed weights) and staged tile (pixels x the task's filters)."""
     cdef const floating *x_data = <const floating *>job.x
     cdef const floating *bias = <const floating *>job.bias
     cdef floating *out = <floating *>job.out
     cdef floating *panel = slab + job.panel_base  # unless packed once for all tasks
     cdef Py_ssize_t lanes = job.lanes, taps = job.taps, ld = job.panel_ld
-    cdef Py_ssize_t fc = task % job.fchunks
-    cdef Py_ssize_t n0 = task // job.fchunks * job.images_per_task
+    cdef Py_ssize_t part = task % job.parts
+    cdef Py_ssize_t fc = task // job.parts % job.fchunks
+    cdef Py_ssize_t n0 = task // job.parts // job.fchunks * job.images_per_task
     cdef Py_ssize_t images = min(job.images_per_task, job.n_images - n0)
     cdef Py_ssize_t fv0 = fc * job.fvecs_per_task
     cdef Py_ssize_t fvecs = min(job.fvecs_per_task, job.fvecs - fv0)
     cdef Py_ssize_t f0 = fv0 * lanes
     cdef Py_ssize_t f_len = min(fvecs * lanes, job.n_filters - f0)
-    cdef Py_ssize_t pixels = images * job.out_pixels
+    # the part's pixels [p_first, p_end) and first tile (all of the block's without parts)
+    cdef Py_ssize_t p_first = job.part_bounds[2 * part + 1]
+    cdef Py_ssize_t p_end = (job.part_bounds[2 * part + 3] if job.parts > 1
+                             else images * job.out_pixels)
     # the tiles and pixel order of a whole block of images, or of the last, smaller one
     cdef bint whole = images == job.images_per_task
-    cdef const Py_ssize_t *tiles = job.tile_rows + (0 if whole else 3 * job.last_tiles)
+    cdef const Py_ssize_t *tiles = job.tile_rows + (3 * job.part_bounds[2 * part] if whole
+                                                    else 3 * job.last_tiles)
     cdef const Py_ssize_t *pixel_src = job.pixel_src + (0 if whole else job.images_per_task
                                                         * job.out_pixels)
     cdef const Py_ssize_t *tile
@@ -177,9 +185,9 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
         while fv < fvecs:  # two vectors of filters at a time, their weights staying in L1
             nv = 2 if fv + 1 < fvecs else 1
             half = _half_tail(fv * lanes, f_len, nv, lanes)  # of the task's f_len filters
-            p0 = 0
+            p0 = p_first
             tile = tiles
-            while p0 < pixels:  # the first cc * (its taps) reduction rows of the tile's list
+            while p0 < p_end:  # the first cc * (its taps) reduction rows of the tile's list
                 if job.skip_padding:
                     rows, depth = job.tap_rows + 2 * tile[0], cc * tile[1]
                 else:  # every tap (the first list)
@@ -197,6 +205,14 @@ cdef void _filter_lanes_task(const _FilterLaneJob *job, Py_ssize_t task, floatin
     cdef Py_ssize_t plane = job.out_pixels
     cdef Py_ssize_t first, group
     cdef const floating *staged
+    if job.parts > 1:  # one image (interleave 1): staged row q holds its position q
+        if job.channels_last:
+            for q in range(p_first, p_end):
+                _copy(out + (n0 * plane + q) * job.n_filters + f0, stage + q * ld, f_len)
+        else:
+            _transpose(stage + p_first * ld, ld, p_end - p_first, f_len,
+                       out + n0 * job.n_filters * plane + f0 * plane + p_first, plane)
+        return
     for i in range(images):
         first = i - i % job.interleave
         group = min(job.interleave, images - first)
@@ -232,6 +248,7 @@ cdef int _filter_lanes_forward(
     bint skips,                    # some tile skips taps (FilterLaneCall checks the plan)
     const _Arg *pixel_src,         # IN  intp slab position of each of a task's pixels: a
                                    #     whole block's (images_per_task*OH*OW), the last's
+    const _Arg *part_bounds,       # IN  intp (parts + 1, 2) first tile and pixel per part
     Py_ssize_t stride_w, Py_ssize_t taps, Py_ssize_t out_h, Py_ssize_t out_w,
     Py_ssize_t channels_per_chunk, Py_ssize_t images_per_task, Py_ssize_t image_slab,
     Py_ssize_t fvecs_per_task, Py_ssize_t slab_size, Py_ssize_t wrap,
@@ -245,7 +262,9 @@ cdef int _filter_lanes_forward(
     cdef Py_ssize_t n_images = x.shape[0], channels = x.shape[1]
     cdef Py_ssize_t fvecs = (n_filters + lanes - 1) // lanes
     cdef Py_ssize_t fchunks = (fvecs + fvecs_per_task - 1) // fvecs_per_task
-    cdef Py_ssize_t n_tasks = (n_images + images_per_task - 1) // images_per_task * fchunks
+    cdef Py_ssize_t parts = part_bounds.shape[0] - 1
+    cdef Py_ssize_t n_tasks = ((n_images + images_per_task - 1) // images_per_task * fchunks
+                               * parts)
     cdef Py_ssize_t out_pixels = out_h * out_w
     cdef Py_ssize_t scratch_per_thread = (slab_size + images_per_task * out_pixels
                                           * fvecs_per_task * lanes)
@@ -272,6 +291,7 @@ cdef int _filter_lanes_forward(
     # 0.39 ms layer with 2.2 MB of them), only where some tile skips.
     job.skip_padding = skips and _all_finite(weight, n_filters * channels * taps)
     job.pixel_src = <const Py_ssize_t *>pixel_src.data
+    job.part_bounds, job.parts = <const Py_ssize_t *>part_bounds.data, parts
     job.stride_w, job.phases, job.pitch = stride_w, col_src.shape[0], col_src.shape[1]
     job.slab_channel = job.phases * job.slab_rows * job.pitch
     job.wrap = wrap

@@ -233,6 +233,10 @@ class FilterLanePlan(NamedTuple):
     scratch_per_thread: int  # slab + staged tile (task pixels x fvecs_per_task vectors)
     wrap: int                # as ConvPlan's
     shared_weights: bool     # weights packed once per call for all tasks, not per task
+    part_bounds: np.ndarray  # (parts + 1, 2) a task's share of its block's tiles: part k
+                             # takes tiles [part_bounds[k, 0], part_bounds[k + 1, 0]), its
+                             # first pixel part_bounds[k, 1]; one part unless one image per
+                             # task (LANES_PART_PIXELS)
 
 
 # The filter-lane kernel (_conv_filter_lanes.pxi) replaces the GEMM kernel's plan where that
@@ -296,6 +300,22 @@ LANES_TASK_PIXELS = 256
 LANES_DEPTH = 256
 LANES_PANEL_BYTES = 128 * 1024
 LANES_SHARED_BYTES = 4 * 1024 * 1024
+# One image per task and still too few tasks: rather than a vector of filters per task, two
+# vectors and parts of the image's pixels (whole tiles, parts of at least LANES_PART_PIXELS),
+# each part filling the image's whole slab. A pixel's broadcast then serves two vectors of
+# filters: at 1 thread, two vectors took 0.73-0.76 of the time of one on 4 single-image 5x5
+# and 7x7 layers of 64-128 filters (Zen 5); the fill is a few % of these layers' time.
+LANES_PART_PIXELS = 64
+LANES_PART_TASKS = 4
+# The kernel takes a task's filters two vectors at a time; a pass over one vector (an odd
+# count) computes a tap at LANES_ONE_VECTOR_COST times the cost of a vector in a two-vector
+# pass (1 / 0.74, the measurement above). FilterLanePlan.work counts it on maps of more than
+# LANES_MAX_PIXELS, where the GEMM kernel fills its vectors well, for more than one vector
+# of filters: 28x28, 40 -> 40 filters of 5x5 took 1.21x the GEMM kernel's time on the
+# filter-lane kernel in two tasks of two vectors and two of one. (On smaller maps the margins
+# above were measured with one-vector tasks: 8x8 and 6x6 maps, 48 and 100 filters, went to
+# the GEMM kernel with this cost and took 1.22x the time.)
+LANES_ONE_VECTOR_COST = 1.35
 # A task whose tiles take pixels across i interleaved images (_lane_tiles) computes each of
 # its taps at 1 + LANES_INTERLEAVE_COST * log2(i) times the cost of a task that does not.
 # Measured on Zen 4, 2 threads, 4x4 maps of 8 images (7x7 stride 2; 3x3 stride 2) against
@@ -416,11 +436,26 @@ def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, 
     def tasks(images, fvecs_per_task):
         return -(-n_images // images) * -(-fvecs // fvecs_per_task)
 
-    # Enough tasks to balance two threads: fewer images per task first, then fewer filters.
+    # Enough tasks to balance two threads: fewer images per task first, then fewer filters,
+    # but (one image per task) not under two vectors of them: parts of the pixels instead,
+    # for at least LANES_PART_TASKS tasks and an even count where the parts allow. Each
+    # task fills its image's slab (all of it), so no more parts than that.
     while images > 1 and tasks(images, fvecs_per_task) < MIN_TASKS:
         images = -(-images // 2)
-    while fvecs_per_task > 1 and tasks(images, fvecs_per_task) < MIN_TASKS:
-        fvecs_per_task = -(-fvecs_per_task // 2)
+    parts = 1
+    most_parts = max(1, pixels // LANES_PART_PIXELS)
+    if (images == 1 and fvecs_per_task > 1 and most_parts > 1
+            and tasks(1, fvecs_per_task) < MIN_TASKS):
+        fvecs_per_task = min(fvecs_per_task, 2)
+        fvecs_per_task = -(-fvecs // -(-fvecs // fvecs_per_task))
+        chunks = tasks(1, fvecs_per_task)
+        if chunks < LANES_PART_TASKS or chunks % 2:
+            parts = min(most_parts, -(-LANES_PART_TASKS // chunks))
+            if parts < most_parts and chunks * parts % 2:
+                parts += 1
+    else:
+        while fvecs_per_task > 1 and tasks(images, fvecs_per_task) < MIN_TASKS:
+            fvecs_per_task = -(-fvecs_per_task // 2)
 
     b_offset = _tap_offsets(channels, phases, slab_rows, pitch, kh_start, tap_phase, tap_shift)
     image_slab, _ = _stacked_images(images, channels * slab_channel + wrap, out_h, out_w,
@@ -440,22 +475,42 @@ def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, 
         if best is None or work < best[0]:
             best = work, interleave, tap_rows, tile_rows, pixel_src
     work, interleave, tap_rows, tile_rows, pixel_src = best
+    whole_tiles = int(np.searchsorted(np.cumsum(tile_rows[:, 2]), images * pixels)) + 1
+    part_bounds = _part_bounds(tile_rows[:whole_tiles, 2], parts)
+    parts = part_bounds.shape[0] - 1
     # A task per block of images and chunk of filters: under MIN_TASKS of them, two threads
     # may wait on one (one 11x11 map under 7x7, 157 -> 48 filters, in 3 tasks: 1.10 of the
     # GEMM kernel's time; 22x22 under 7x7 with stride 2, 209 -> 16 filters, in one: 1.30).
     # With more, the model weighed it worse than measured (9 tasks: 0.85-1.08).
-    n_tasks = tasks(images, fvecs_per_task)
+    n_tasks = tasks(images, fvecs_per_task) * parts
     if n_tasks < MIN_TASKS:
         work *= -(-n_tasks // 2) / (n_tasks / 2)
+    if fvecs > 1 and pixels > LANES_MAX_PIXELS:  # the odd vector of each chunk of filters
+        sizes = [min(fvecs_per_task, fvecs - f) for f in range(0, fvecs, fvecs_per_task)]
+        one_vector = sum(size % 2 for size in sizes)
+        work *= (fvecs - one_vector + LANES_ONE_VECTOR_COST * one_vector) / fvecs
     packed = -(-fvecs // fvecs_per_task) * fvecs_per_task * lanes * in_channels * taps
     shared = n_images > images and packed * itemsize <= LANES_SHARED_BYTES
     # after the images' slabs, a task's packed weights unless they are packed once (shared)
     slab_size = images * image_slab + (0 if shared else channels * taps * fvecs_per_task * lanes)
     stage = images * pixels * fvecs_per_task * lanes
-    _share(row_src, col_src, col_inner, tap_rows, tile_rows, pixel_src)
+    _share(row_src, col_src, col_inner, tap_rows, tile_rows, pixel_src, part_bounds)
     return FilterLanePlan(row_src, col_src, col_inner, tap_rows, tile_rows, pixel_src,
                           last_images, interleave, work, out_h, channels, images, image_slab,
-                          fvecs_per_task, slab_size, slab_size + stage, wrap, shared)
+                          fvecs_per_task, slab_size, slab_size + stage, wrap, shared,
+                          part_bounds)
+
+
+def _part_bounds(tile_pixels, parts):
+    """FilterLanePlan.part_bounds: ``parts`` runs of whole tiles of about equal pixels
+    (fewer where tiles are too large to split so), for a block's tiles of ``tile_pixels``
+    each: each cut at the tile boundary nearest its share."""
+    bounds = np.concatenate([[0], np.cumsum(tile_pixels)])  # pixels before each tile
+    shares = np.arange(1, parts) * bounds[-1] / parts
+    cuts = np.abs(bounds[None, :] - shares[:, None]).argmin(axis=1)
+    first_tiles = np.unique(np.concatenate([[0], cuts, [bounds.size - 1]]))
+    starts = bounds[first_tiles]
+    return np.ascontiguousarray(np.stack([first_tiles, starts], axis=1), dtype=np.intp)
 
 
 class ChannelsLastPlan(NamedTuple):

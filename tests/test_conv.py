@@ -1601,6 +1601,80 @@ def test_filter_lanes(rng, filter_lanes_everywhere, n, c, h, w, f, kernel, kwarg
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
+    (1, 20, 13, 13, 70, (5, 5), dict(padding=2)),                # 169 pixels, 2 parts
+    (1, 12, 20, 21, 40, (3, 3), dict(padding=1)),                # 420 pixels
+    (1, 9, 27, 27, 33, (7, 7), dict(stride=2, padding=3, padding_mode="reflect")),
+    (3, 7, 17, 17, 32, (5, 5), dict(dilation=2, padding=4)),     # three images
+])
+def test_filter_lanes_parts_of_one_image(rng, filter_lanes_everywhere, n, c, h, w, f, kernel,
+                                         kwargs, dtype):
+    """With one image per task and too few tasks, a task takes two vectors of filters and a
+    part of the image's pixels (whole tiles) rather than one vector for all of them: exact
+    as everywhere (1-3 threads, ReLU, NHWC, a row view, out=). Parts at AVX-512 (f: float32
+    filters, half as many float64 ones fill as many vectors)."""
+    from fastconv import _conv_plan
+    filter_lanes_everywhere(True)
+    f = f if dtype == np.float32 else f // 2
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=kernel, integer=True,
+                               dtype=dtype)
+    call = _conv_call(x, weight, **kwargs)
+    assert call.path == "lanes"
+    plan = call.runner.plan
+    parts = plan.part_bounds.shape[0] - 1
+    if fastconv.conv._kernels.ISA == "avx512":
+        assert parts > 1 and plan.fvecs_per_task == 2 and plan.images_per_task == 1
+    tiles = plan.tile_rows[:, 2]
+    assert plan.part_bounds[-1, 1] == tiles[:plan.part_bounds[-1, 0]].sum()
+    # parts of about LANES_PART_PIXELS or more, cut at the tile boundary nearest an equal share
+    smallest = _conv_plan.LANES_PART_PIXELS - fastconv.conv._kernels.LANES_PIXELS
+    assert all(p1 - p0 >= smallest or parts == 1
+               for p0, p1 in zip(plan.part_bounds[:-1, 1], plan.part_bounds[1:, 1]))
+    expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
+    assert_exact_everywhere(x, weight, b, expected, **kwargs)
+
+
+def test_filter_lane_call_checks_its_parts(rng):
+    """FilterLaneCall refuses part bounds that do not cover the block's tiles in order from
+    pixel 0, or parts of blocks of several images."""
+    from fastconv import _conv_plan, conv
+    x, w, _ = make_inputs(rng, n=1, c=8, h=13, w=13, f=70, kernel=(5, 5))
+    plan = _conv_plan.filter_lane_plan(
+        n_images=1, in_channels=8, n_filters=70, height=13, width=13, out_h=13, out_w=13,
+        kernel=(5, 5), stride=(1, 1), dilation=(1, 1), pads=(2, 2, 2, 2),
+        padding_mode="zeros", lanes=conv._kernels.LANES_FLOAT32, tile_pixels=conv._kernels.LANES_PIXELS, itemsize=4)
+    kwargs = dict(channels_last=False, n_filters=70, kernel=(5, 5), stride_w=1,
+                  out_hw=(13, 13), relu=False, workspace=conv._workspace)
+    out_shape = (1, 70, 13, 13)
+    conv._kernels.FilterLaneCall(plan, np.float32, x.shape, out_shape, **kwargs)  # fits
+    bounds = plan.part_bounds
+    tiles = bounds[-1, 0]
+    wrong = [bounds[::-1].copy(), bounds[1:].copy(), bounds + [[0, 1]],
+             np.array([[0, 0], [tiles - 1, 169]]), np.array([[0, 0], [2, 5], [tiles, 169]]),
+             bounds.ravel().copy()]
+    for table in wrong:
+        with pytest.raises(ValueError, match="part"):
+            conv._kernels.FilterLaneCall(plan._replace(part_bounds=np.ascontiguousarray(
+                table, dtype=np.intp)), np.float32, x.shape, out_shape, **kwargs)
+    two = np.array([[0, 0], [1, plan.tile_rows[0, 2]], [tiles, 169]], dtype=np.intp)
+    conv._kernels.FilterLaneCall(plan._replace(part_bounds=two), np.float32, x.shape,
+                                 out_shape, **kwargs)  # fits
+    # a block of five 7x7 images in one task: one part
+    plan = _conv_plan.filter_lane_plan(
+        n_images=40, in_channels=8, n_filters=16, height=7, width=7, out_h=7, out_w=7,
+        kernel=(3, 3), stride=(1, 1), dilation=(1, 1), pads=(1, 1, 1, 1),
+        padding_mode="zeros", lanes=conv._kernels.LANES_FLOAT32, tile_pixels=conv._kernels.LANES_PIXELS, itemsize=4)
+    assert plan.images_per_task == 5
+    kwargs.update(n_filters=16, kernel=(3, 3), out_hw=(7, 7))
+    tiles = plan.part_bounds[-1, 0]
+    conv._kernels.FilterLaneCall(plan, np.float32, (40, 8, 7, 7), (40, 16, 7, 7), **kwargs)
+    two = np.array([[0, 0], [1, plan.tile_rows[0, 2]], [tiles, 5 * 49]], dtype=np.intp)
+    with pytest.raises(ValueError, match="part"):
+        conv._kernels.FilterLaneCall(plan._replace(part_bounds=two), np.float32,
+                                     (40, 8, 7, 7), (40, 16, 7, 7), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("interleave", ["none", "all"])
 @pytest.mark.parametrize("n, c, h, w, f, kernel, kwargs", [
     (2, 30, 7, 7, 40, (7, 7), dict(dilation=2, padding=6)),      # most taps read padding
@@ -1784,11 +1858,16 @@ def test_filter_lane_tiles_follow_rows(rng, filter_lanes_everywhere, h, w, kerne
     (2, 15, 24, 141, (7, 7), dict(dilation=2, padding=6), "lanes"),  # 576
     # one task (16 filters, one image) would leave a thread idle
     (1, 209, 22, 16, (7, 7), dict(stride=2, padding=3), "gemm"),
+    # 6 vectors of filters: 3 chunks of two, in 2 parts of the pixels each
+    (1, 48, 28, 96, (5, 5), dict(padding=2), "lanes"),
+    # 2.5 vectors: two one-vector passes (LANES_ONE_VECTOR_COST) tip it to the GEMM kernel
+    (1, 40, 28, 40, (5, 5), dict(padding=2), "gemm"),
 ])
 def test_filter_lanes_rule_for_larger_maps(rng, n, c, h, f, kernel, kwargs, path):
     """Maps of 65-1024 pixels take the filter-lane kernel under kernels of 9 taps or more
     where its skipped padding taps repay it (AVX-512 float32), not under fewer taps, on
-    larger maps, nor where its tasks would be too few for two threads."""
+    larger maps, nor where its tasks would be too few for two threads or hold single
+    vectors of filters."""
     x, weight, _ = make_inputs(rng, n=n, c=c, h=h, w=h, f=f, kernel=kernel)
     call = _conv_call(x, weight, **kwargs)
     if fastconv.conv._kernels.ISA == "avx512":
