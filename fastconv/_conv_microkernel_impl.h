@@ -67,9 +67,22 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
             FC_IF_HALF(acch[i] += bh * ar[i * a_filter];);
 #else
             const FC_T w = ar[i * a_filter];
+#if FC_HALF_TAIL
+            if (half) {
+                /* one broadcast for the full vectors and the half one (its low half): with
+                 * the scalar in each, GCC broadcast it from memory in every FMA, loading
+                 * each weight twice */
+                const FC_V wv = w * ((FC_V){0} + 1);  /* not 0 + w: -0 + 0 is +0 */
+                FC_H wh;
+                __builtin_memcpy(&wh, &wv, sizeof wh);
+#pragma GCC unroll 4
+                for (int v = 0; v < nf; v++) acc[i][v] += bv[v] * wv;
+                acch[i] += bh * wh;
+                continue;
+            }
+#endif
 #pragma GCC unroll 4
             for (int v = 0; v < nf; v++) acc[i][v] += bv[v] * w;
-            FC_IF_HALF(acch[i] += bh * w;);
 #endif
         }
     }
