@@ -68,7 +68,7 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
 #else
             const FC_T w = ar[i * a_filter];
 #if FC_HALF_TAIL
-            if (half) {
+            if (half && nf) {
                 /* one broadcast for the full vectors and the half one (its low half): with
                  * the scalar in each, GCC broadcast it from memory in every FMA, loading
                  * each weight twice */
@@ -83,6 +83,7 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
 #endif
 #pragma GCC unroll 4
             for (int v = 0; v < nf; v++) acc[i][v] += bv[v] * w;
+            FC_IF_HALF(acch[i] += bh * w;);  /* alone: a broadcast from memory in the FMA */
 #endif
         }
     }
@@ -343,6 +344,19 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_stencil_tile)(
     for (Py_ssize_t r = 0; r < taps; r++) {
         const FC_T wr = w[r];
         const FC_T *br = b + b_offset[r];
+#if FC_HALF_TAIL
+        if (half && nf) {  /* one broadcast for both widths, as in fc_microkernel_body */
+            const FC_V wv = wr * ((FC_V){0} + 1);
+            FC_H wh;
+            __builtin_memcpy(&wh, &wv, sizeof wh);
+            for (int i = 0; i < n_rows; i++) {
+                for (int v = 0; v < nf; v++)
+                    acc[i][v] += *(const FC_VU *)(br + i * b_step + v * FC_LANES) * wv;
+                acch[i] += *(const FC_HU *)(br + i * b_step + nf * FC_LANES) * wh;
+            }
+            continue;
+        }
+#endif
         for (int i = 0; i < n_rows; i++) {
             for (int v = 0; v < nf; v++)
                 acc[i][v] += *(const FC_VU *)(br + i * b_step + v * FC_LANES) * wr;
@@ -587,6 +601,17 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
 #pragma GCC unroll 16
         for (int p = 0; p < np; p++) {
             const FC_T x = step ? br[p * step] : bp[p][o];
+#if FC_HALF_TAIL
+            if (half && nf) {  /* one broadcast for both widths, as in fc_microkernel_body */
+                const FC_V xv = x * ((FC_V){0} + 1);
+                FC_H xh;
+                __builtin_memcpy(&xh, &xv, sizeof xh);
+#pragma GCC unroll 4
+                for (int v = 0; v < nf; v++) acc[p][v] += w[v] * xv;
+                acch[p] += wh * xh;
+                continue;
+            }
+#endif
 #pragma GCC unroll 4
             for (int v = 0; v < nf; v++) acc[p][v] += w[v] * x;
             FC_IF_HALF(acch[p] += wh * x;);
