@@ -452,7 +452,7 @@ cdef void _fill_slab(
     cdef floating *dst
     cdef Py_ssize_t lanes = FC_LANES_F32 if floating is float else FC_LANES_F64
     cdef Py_ssize_t width = 0  # the input columns the slab reads: up to the last one
-    if FC_SHORT_ROWS and sw == 1 and pitch <= lanes and phases <= FC_SHORT_PHASES:
+    if FC_SHORT_ROWS and sw == 1 and pitch <= 2 * lanes and phases <= FC_SHORT_PHASES:
         for k in range(phases * pitch):
             width = max(width, col_src[k] + 1)
         if width <= 2 * lanes:  # short rows (small maps): one or two vectors per input row

@@ -169,26 +169,31 @@ FC_DEFINE_GATHER(f64, double)
 
 /* The slab fill of short input rows (small maps; AVX-512 only, FC_SHORT_ROWS): each input
  * row of a channel is one or two masked vector loads, and each of its slab rows (one per
- * stride phase, pitch <= FC_LANES columns) one lane permute and one masked store:
+ * stride phase, pitch <= 2 * FC_LANES columns) one or two lane permutes and masked stores:
  *   slab[c, ph, row, k] = x[c, row_src[row], col_src[ph, k]]   (0 where either is -1)
  * The general fill copies each slab row on its own, with a loop per border: on 6x6 maps
  * with stride 2 its setup, not the copying, took the time (and half the time of 4 groups of
- * 16 channels, 17x17 at stride 2). x's rows are contiguous; every source column is below
- * `width` <= 2 * FC_LANES (two vectors: a two-source permute); at most FC_SHORT_PHASES
- * phases. */
+ * 16 channels, 17x17 at stride 2; 37% of 31x31 -> 16x16 at stride 2, whose phase rows are 17
+ * wide). x's rows are contiguous; every source column is below `width` <= 2 * FC_LANES (two
+ * vectors: a two-source permute); at most FC_SHORT_PHASES phases. */
 #define FC_SHORT_PHASES 4
 #if FC_VEC_BYTES == 64
 #define FC_SHORT_ROWS 1
 #define FC_DEFINE_SHORT_ROWS(SUF, T, V, VI, IT, MASK, LOAD, STORE, LANES)                   \
+static inline MASK fc_short_mask_##SUF(Py_ssize_t n)  /* the first n lanes, 0 <= n */      \
+{                                                                                           \
+    return (MASK)(n >= LANES ? ~0u : (1u << n) - 1u);                                       \
+}                                                                                           \
 static inline __attribute__((always_inline)) void fc_fill_short_rows_body_##SUF(           \
     const T *restrict x, Py_ssize_t sc, Py_ssize_t sh, Py_ssize_t channels,                 \
     const Py_ssize_t *restrict row_src, Py_ssize_t slab_rows, Py_ssize_t phases,            \
-    Py_ssize_t pitch, Py_ssize_t width, T *restrict slab, const VI *col, const VI *keep,    \
-    const int two)                                                                          \
+    Py_ssize_t pitch, Py_ssize_t width, T *restrict slab, const VI (*col)[2],               \
+    const VI (*keep)[2], const int two, const int wide)                                     \
 {                                                                                           \
-    const MASK load = (MASK)(width >= LANES ? ~0u : (1u << width) - 1u);                    \
-    const MASK load_hi = (MASK)(width > LANES ? (1u << (width - LANES)) - 1u : 0u);         \
-    const MASK store = (MASK)((1u << pitch) - 1u);                                          \
+    const MASK load = fc_short_mask_##SUF(width);                                           \
+    const MASK load_hi = fc_short_mask_##SUF(width > LANES ? width - LANES : 0);            \
+    const MASK store = fc_short_mask_##SUF(pitch);                                          \
+    const MASK store_hi = fc_short_mask_##SUF(pitch > LANES ? pitch - LANES : 0);           \
     const Py_ssize_t channel_stride = phases * slab_rows * pitch;                           \
     for (Py_ssize_t c = 0; c < channels; c++) {                                             \
         T *slab_c = slab + c * channel_stride;                                              \
@@ -198,10 +203,13 @@ static inline __attribute__((always_inline)) void fc_fill_short_rows_body_##SUF(
             const V v = src_row < 0 ? (V){0} : (V)LOAD(load, src);                          \
             V v_hi = {0};                                                                   \
             if (two && src_row >= 0) v_hi = (V)LOAD(load_hi, src + LANES);                  \
-            for (Py_ssize_t ph = 0; ph < phases; ph++)                                      \
-                STORE(slab_c + (ph * slab_rows + row) * pitch, store,                       \
-                      (V)((VI)(two ? __builtin_shuffle(v, v_hi, col[ph])                    \
-                                   : __builtin_shuffle(v, col[ph])) & keep[ph]));           \
+            for (Py_ssize_t ph = 0; ph < phases; ph++) {                                    \
+                T *dst = slab_c + (ph * slab_rows + row) * pitch;                           \
+                for (int h = 0; h < 1 + wide; h++)                                          \
+                    STORE(dst + h * LANES, h ? store_hi : store,                            \
+                          (V)((VI)(two ? __builtin_shuffle(v, v_hi, col[ph][h])             \
+                                       : __builtin_shuffle(v, col[ph][h])) & keep[ph][h])); \
+            }                                                                               \
         }                                                                                   \
     }                                                                                       \
 }                                                                                           \
@@ -211,20 +219,30 @@ static inline void fc_fill_short_rows_##SUF(                                    
     const Py_ssize_t *restrict col_src, Py_ssize_t phases, Py_ssize_t pitch,                \
     Py_ssize_t width, T *restrict slab)                                                     \
 {                                                                                           \
-    VI col[FC_SHORT_PHASES], keep[FC_SHORT_PHASES];                                         \
+    VI col[FC_SHORT_PHASES][2], keep[FC_SHORT_PHASES][2];                                   \
     for (Py_ssize_t ph = 0; ph < phases; ph++) {                                            \
-        for (int k = 0; k < LANES; k++) {                                                   \
-            const Py_ssize_t src = k < pitch ? col_src[ph * pitch + k] : -1;                \
-            col[ph][k] = (IT)(src < 0 ? 0 : src);                                           \
-            keep[ph][k] = src < 0 ? 0 : -1;                                                 \
+        for (int h = 0; h < 2; h++) {                                                       \
+            for (int k = 0; k < LANES; k++) {                                               \
+                const Py_ssize_t q = h * LANES + k;                                         \
+                const Py_ssize_t src = q < pitch ? col_src[ph * pitch + q] : -1;            \
+                col[ph][h][k] = (IT)(src < 0 ? 0 : src);                                    \
+                keep[ph][h][k] = src < 0 ? 0 : -1;                                          \
+            }                                                                               \
         }                                                                                   \
     }                                                                                       \
-    if (width > LANES)                                                                      \
+    const int two = width > LANES, wide = pitch > LANES;                                    \
+    if (two && wide)                                                                        \
         fc_fill_short_rows_body_##SUF(x, sc, sh, channels, row_src, slab_rows, phases,     \
-                                      pitch, width, slab, col, keep, 1);                    \
+                                      pitch, width, slab, col, keep, 1, 1);                 \
+    else if (two)                                                                           \
+        fc_fill_short_rows_body_##SUF(x, sc, sh, channels, row_src, slab_rows, phases,     \
+                                      pitch, width, slab, col, keep, 1, 0);                 \
+    else if (wide)                                                                          \
+        fc_fill_short_rows_body_##SUF(x, sc, sh, channels, row_src, slab_rows, phases,     \
+                                      pitch, width, slab, col, keep, 0, 1);                 \
     else                                                                                    \
         fc_fill_short_rows_body_##SUF(x, sc, sh, channels, row_src, slab_rows, phases,     \
-                                      pitch, width, slab, col, keep, 0);                    \
+                                      pitch, width, slab, col, keep, 0, 0);                 \
 }
 FC_DEFINE_SHORT_ROWS(f32, float, fc_vf32, fc_vi32, int, __mmask16, _mm512_maskz_loadu_ps,
                      _mm512_mask_storeu_ps, FC_LANES_F32)

@@ -1936,11 +1936,17 @@ def test_filter_lanes_taken_for_small_strided_maps(rng):
     (6, 13, (3, 3), dict(stride=(1, 2), padding=1, padding_mode="replicate")),
     (9, 20, (5, 5), dict(stride=4, padding=2, padding_mode="circular")),  # four phases
     (8, 26, (3, 3), dict(stride=2, dilation=2, padding=2)),
+    # slab rows (phase rows) of more than one vector: 18-22 columns (float32), 10-17 (64)
+    (6, 20, (3, 3), dict(padding=1)),
+    (7, 31, (3, 3), dict(stride=2, padding=1)),
+    (5, 13, (5, 5), dict(padding=2, padding_mode="reflect")),
+    (9, 14, (3, 3), dict(padding=1, padding_mode="circular")),
+    (6, 17, (3, 3), dict(dilation=2, padding=2, padding_mode="replicate")),
 ])
 def test_short_rows_fill(rng, h, w, kernel, kwargs, dtype):
-    """Input rows of at most two vectors fill the slab through one or two loads and a lane
-    permute per slab row (AVX-512): exact for every padding mode, stride and dilation, in
-    NCHW, in NHWC (the general fill) and through a view."""
+    """Input rows of at most two vectors fill the slab through one or two loads and one or
+    two lane permutes per slab row (AVX-512): exact for every padding mode, stride and
+    dilation, in NCHW, in NHWC (the general fill) and through a view."""
     x, weight, b = make_inputs(rng, n=3, c=5, h=h, w=w, f=12, kernel=kernel, integer=True,
                                dtype=dtype)
     expected = conv2d_reference(x, weight, b, **kwargs).astype(dtype)
