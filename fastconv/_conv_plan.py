@@ -872,8 +872,9 @@ DEPTHWISE_POINTWISE_PIXELS = 64
 # under filters of at least DEPTHWISE_BLOCKED_TAPS taps (one filter per channel): there the
 # planar kernel's last vector wastes FMA slots on every tap, and the transposes in and out
 # are shared by many taps. Blocked time / planar time, Zen 5, 2 threads, float32: 5x5 and
-# 7x7 on 40- and 56-wide rows 0.74-0.94 (13 layers); on rows of whole vectors mixed, 0.85-1.22
-# (48, 64, 80, 112 wide); 3x3 0.84-1.17 whatever the width.
+# 7x7 on 36- to 100-wide rows ending in a partial vector 0.72-0.94 (18 layers; float64
+# 0.79-1.03 on 5); on rows of whole vectors mixed, 0.85-1.22 (48, 64, 80, 112 wide); 3x3
+# 0.84-1.17 whatever the width.
 DEPTHWISE_BLOCKED_TAPS = 25
 DEPTHWISE_BLOCKED_TAIL_WIDTH = 112
 
