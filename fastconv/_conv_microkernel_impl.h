@@ -14,6 +14,18 @@
 #else
 #define FC_IF_HALF(...) do { } while (0)
 #endif
+
+#if FC_HALF_TAIL
+/* x in every lane of a vector, and its low half in *low: one register broadcast for tiles of
+ * full vectors and a half one. With the scalar in each product, GCC broadcast it from memory
+ * in every FMA, loading it twice per step. x * 1, not 0 + x: -0 + 0 is +0. */
+static inline __attribute__((always_inline)) FC_V FC_NAME(fc_splat)(FC_T x, FC_H *low)
+{
+    const FC_V v = x * ((FC_V){0} + 1);
+    __builtin_memcpy(low, &v, sizeof *low);
+    return v;
+}
+#endif
 static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
     Py_ssize_t depth, const FC_T *restrict a, Py_ssize_t a_row, Py_ssize_t a_filter,
     const FC_T *restrict b, const Py_ssize_t *restrict b_offset,
@@ -68,13 +80,9 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_microkernel_body)(
 #else
             const FC_T w = ar[i * a_filter];
 #if FC_HALF_TAIL
-            if (half && nf) {
-                /* one broadcast for the full vectors and the half one (its low half): with
-                 * the scalar in each, GCC broadcast it from memory in every FMA, loading
-                 * each weight twice */
-                const FC_V wv = w * ((FC_V){0} + 1);  /* not 0 + w: -0 + 0 is +0 */
+            if (half && nf) {  /* one broadcast for both widths (fc_splat) */
                 FC_H wh;
-                __builtin_memcpy(&wh, &wv, sizeof wh);
+                const FC_V wv = FC_NAME(fc_splat)(w, &wh);
 #pragma GCC unroll 4
                 for (int v = 0; v < nf; v++) acc[i][v] += bv[v] * wv;
                 acch[i] += bh * wh;
@@ -345,10 +353,9 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_stencil_tile)(
         const FC_T wr = w[r];
         const FC_T *br = b + b_offset[r];
 #if FC_HALF_TAIL
-        if (half && nf) {  /* one broadcast for both widths, as in fc_microkernel_body */
-            const FC_V wv = wr * ((FC_V){0} + 1);
+        if (half && nf) {  /* one broadcast for both widths (fc_splat) */
             FC_H wh;
-            __builtin_memcpy(&wh, &wv, sizeof wh);
+            const FC_V wv = FC_NAME(fc_splat)(wr, &wh);
             for (int i = 0; i < n_rows; i++) {
                 for (int v = 0; v < nf; v++)
                     acc[i][v] += *(const FC_VU *)(br + i * b_step + v * FC_LANES) * wv;
@@ -602,10 +609,9 @@ static inline __attribute__((always_inline)) void FC_NAME(fc_lanes_body)(
         for (int p = 0; p < np; p++) {
             const FC_T x = step ? br[p * step] : bp[p][o];
 #if FC_HALF_TAIL
-            if (half && nf) {  /* one broadcast for both widths, as in fc_microkernel_body */
-                const FC_V xv = x * ((FC_V){0} + 1);
+            if (half && nf) {  /* one broadcast for both widths (fc_splat) */
                 FC_H xh;
-                __builtin_memcpy(&xh, &xv, sizeof xh);
+                const FC_V xv = FC_NAME(fc_splat)(x, &xh);
 #pragma GCC unroll 4
                 for (int v = 0; v < nf; v++) acc[p][v] += w[v] * xv;
                 acch[p] += wh * xh;
