@@ -181,7 +181,7 @@ def plan(*, n_images, groups, in_per_group, per_group, height, width, out_h, out
                      if images_per_task else slab_row) * itemsize
     channels = max(1, min(in_per_group, REDUCTION_DEPTH // (kh * kw),
                           SLAB_BYTES // channel_bytes))
-    channels = -(-in_per_group // -(-in_per_group // channels))  # equal chunks
+    channels = _equal_chunk(in_per_group, channels)
 
     b_offset = _tap_offsets(channels, phases, slab_rows, pitch, kh_start, tap_phase, tap_shift)
     stage_pitch = -(-rows * pitch // nr) * nr
@@ -429,9 +429,9 @@ def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, 
     images = max(1, min(n_images, LANES_TASK_PIXELS // pixels))
     channels = max(1, min(in_channels, LANES_DEPTH // taps,
                           SLAB_BYTES // (images * slab_channel * itemsize)))
-    channels = -(-in_channels // -(-in_channels // channels))  # equal chunks
+    channels = _equal_chunk(in_channels, channels)
     fvecs_per_task = max(1, min(fvecs, LANES_PANEL_BYTES // (channels * taps * lanes * itemsize)))
-    fvecs_per_task = -(-fvecs // -(-fvecs // fvecs_per_task))  # equal chunks of filters
+    fvecs_per_task = _equal_chunk(fvecs, fvecs_per_task)
 
     def tasks(images, fvecs_per_task):
         return -(-n_images // images) * -(-fvecs // fvecs_per_task)
@@ -447,7 +447,7 @@ def filter_lane_plan(*, n_images, in_channels, n_filters, height, width, out_h, 
     if (images == 1 and fvecs_per_task > 1 and most_parts > 1
             and tasks(1, fvecs_per_task) < MIN_TASKS):
         fvecs_per_task = min(fvecs_per_task, 2)
-        fvecs_per_task = -(-fvecs // -(-fvecs // fvecs_per_task))
+        fvecs_per_task = _equal_chunk(fvecs, fvecs_per_task)
         chunks = tasks(1, fvecs_per_task)
         if chunks < LANES_PART_TASKS or chunks % 2:
             parts = min(most_parts, -(-LANES_PART_TASKS // chunks))
@@ -558,7 +558,7 @@ def channels_last_plan(*, n_images, channels, in_per_group, per_group, height, w
         rows -= 1
     while rows > 1 and n_images * -(-out_h // rows) < MIN_TASKS:
         rows = -(-rows // 2)
-    rows = -(-out_h // -(-out_h // rows))  # equal bands
+    rows = _equal_chunk(out_h, rows)
     row_src, kh_start = _band_rows(rows, out_h, height, top, sh, padding_mode, row_classes)
     weights_ld = -(-per_group // lanes) * lanes
     c = np.arange(in_per_group)[:, None, None]
@@ -678,10 +678,16 @@ def _lane_tiles(image_counts, interleave, taps_read, tile_pixels, image_slab, ou
             computed / (taps * image_counts[0] * out_h * out_w))
 
 
+def _equal_chunk(length, most):
+    """The size of each of the fewest chunks of at most ``most`` that cover ``length`` in
+    equal sizes but the last (16 by 12: 8, not 12)."""
+    return -(-length // -(-length // most))
+
+
 def _equal_runs(length, most):
     """``[(start, end)]``: range(length) in the fewest runs of at most ``most``, of equal
     lengths but the last (16 by 12: 8 + 8, not 12 + 4)."""
-    size = -(-length // -(-length // most))
+    size = _equal_chunk(length, most)
     return [(p0, min(p0 + size, length)) for p0 in range(0, length, size)]
 
 
