@@ -940,8 +940,9 @@ cdef void _gemm_task(const _GemmJob *job, Py_ssize_t task, floating *slab,
         out_band = (<floating *>job.out + (n * job.n_filters + g * job.filters_per_group)
                     * job.out_pixels + oh0 * job.out_w)
         out_end = q_len if job.compress else _whole_tiles_end(q_len, lanes)
+        # (a band of one vector takes the paired-blocks path below, staged, not row tiles)
         row_tiles = (job.out_sweep and job.pitch != job.out_w and not job.direct
-                     and _whole_vectors(job.out_w, lanes))
+                     and _whole_vectors(job.out_w, lanes) and q_len > lanes)
     c0 = 0
     while c0 < in_per_group:
         cc = min(job.channels_per_chunk, in_per_group - c0)

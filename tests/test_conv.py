@@ -446,6 +446,27 @@ def test_depthwise_blocked_rule_for_wide_rows(kernel, out_w, lanes, blocked):
         assert bool(plan.blocked) == (blocked and multiplier == 1)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n, c, h, w, f", [
+    (1, 1, 3, 5, 8),     # bands of one row: 5 slab columns, a single vector
+    (1, 2, 4, 5, 8),
+    (1, 1, 3, 5, 16),
+    (1, 3, 5, 9, 8),
+])
+def test_bands_of_one_vector_with_junk_columns(rng, n, c, h, w, f, dtype):
+    """Bands of one vector with junk columns whose output rows are short enough to be tiled
+    row by row elsewhere (4 of 8 float64 lanes): the staged tile is copied out. Every
+    element is written (out= filled with NaN), for 1 and 2 threads."""
+    x, weight, b = make_inputs(rng, n=n, c=c, h=h, w=w, f=f, kernel=(2, 2), integer=True,
+                               dtype=dtype)
+    expected = conv2d_reference(x, weight, b).astype(dtype)
+    for threads in (1, 2):
+        out = np.full(expected.shape, np.nan, dtype)
+        fastconv.conv2d(x, weight, b, out=out, num_threads=threads)
+        assert_array_equal(out, expected)
+        assert_array_equal(fastconv.conv2d(x, weight, b, num_threads=threads), expected)
+
+
 # Larger layers that reach the blocked / packed / parallel paths of the kernel.
 LARGER = [
     dict(n=2, c=3, h=32, w=32, f=64, kernel=(3, 3), padding="same"),  # seed layer, small
